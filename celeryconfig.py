@@ -1,0 +1,61 @@
+"""Celery settings for inferq: broker, backend, queues, routes, acknowledgement, prefetch, limits.
+
+``celery_settings(settings)`` is applied by ``tasks.create_celery_app``; every
+value here derives from :class:`inferq.settings.Settings`, so the environment
+is read in one place only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Exchange, Queue
+
+from inferq.settings import CONTROL_QUEUE, Settings, gpu_queue
+
+# Tasks that never touch a GPU run on the control queue.
+CONTROL_TASKS = ("inferq.batch.*", "inferq.maintenance.*", "inferq.deploy.*")
+
+
+def celery_settings(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration for ``settings``."""
+    exchange = Exchange("inferq", type="direct")
+    queues = [Queue(gpu_queue(gpu), exchange, routing_key=gpu_queue(gpu)) for gpu in settings.gpus]
+    queues.append(Queue(CONTROL_QUEUE, exchange, routing_key=CONTROL_QUEUE))
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "broker_connection_retry_on_startup": True,
+        # An unacknowledged message returns to its queue after this long (Redis broker).
+        # Longer than any task's time limit, so a slow task is not run twice.
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            "socket_timeout": 5,
+            "socket_connect_timeout": 5,
+        },
+        "result_backend_transport_options": {"socket_timeout": 5, "socket_connect_timeout": 5},
+        "task_queues": queues,
+        "task_default_queue": CONTROL_QUEUE,
+        "task_default_exchange": "inferq",
+        "task_default_routing_key": CONTROL_QUEUE,
+        # inferq.infer has no static route: the router picks a gpu.N queue per request.
+        "task_routes": {pattern: {"queue": CONTROL_QUEUE} for pattern in CONTROL_TASKS},
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        # Acknowledge after the task ran, and give the message back if the worker
+        # process dies, so a crash loses nothing.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_time_limit": settings.task_time_limit,
+        "task_soft_time_limit": max(1, settings.task_time_limit - 10),
+        "task_track_started": True,
+        "result_expires": settings.result_expires,
+        "result_extended": True,
+        # Events for Flower.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_concurrency": settings.worker_concurrency,
+    }

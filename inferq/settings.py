@@ -1,0 +1,182 @@
+"""The one place that reads the environment: every ``INFERQ_*`` setting, typed, with local defaults.
+
+Everything else receives a :class:`Settings`. The table in ``docs/settings.md``
+documents each variable; ``Settings.describe()`` prints the effective values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sysconfig
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+def _default_data_dir() -> str:
+    return str(Path.home() / ".local" / "share" / "inferq")
+
+
+def _default_model_repository() -> str:
+    # An editable install (the README's way) finds models/ beside the package.
+    candidate = REPO_ROOT / "models"
+    return str(candidate if candidate.is_dir() else Path.cwd() / "models")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Typed settings; field ``foo_bar`` is read from ``INFERQ_FOO_BAR``."""
+
+    data_dir: str = dataclasses.field(default_factory=_default_data_dir)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str = ""  # default: redis_url
+    result_backend: str = ""  # default: redis_url
+    database_url: str = ""  # default: SQLite file in data_dir
+    s3_endpoint: str = "http://127.0.0.1:9000"
+    s3_access_key: str = "inferq"
+    s3_secret_key: str = "inferq-secret"
+    s3_bucket: str = "inferq"
+    s3_region: str = "us-east-1"
+    gpus: tuple[int, ...] = (0, 1)
+    # "0=http://host:8000,1=http://host:8010", or one URL for every GPU; default:
+    # one local Triton per GPU on ports 8000+10*N (HTTP), +1 gRPC, +2 metrics.
+    triton_urls: Mapping[int, str] = dataclasses.field(default_factory=dict)
+    triton_timeout: float = 10.0
+    model_repository: str = dataclasses.field(default_factory=_default_model_repository)
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    api_threads: int = 16
+    flower_port: int = 5555
+    sync_timeout: float = 5.0
+    sync_timeout_max: float = 60.0
+    max_request_bytes: int = 16 * 1024 * 1024
+    inline_payload_max: int = 256 * 1024
+    task_time_limit: int = 300
+    result_expires: int = 24 * 3600
+    visibility_timeout: int = 900
+    worker_concurrency: int = 2
+    health_timeout: float = 2.0
+    cuda_visible_devices: str = ""  # read from CUDA_VISIBLE_DEVICES, for reporting only
+
+    def __post_init__(self) -> None:
+        derived = {
+            "broker_url": self.broker_url or self.redis_url,
+            "result_backend": self.result_backend or self.redis_url,
+            "database_url": self.database_url
+            or f"sqlite:///{Path(self.data_dir).expanduser() / 'inferq.db'}",
+            "triton_urls": dict(self.triton_urls)
+            or {gpu: f"http://127.0.0.1:{8000 + 10 * gpu}" for gpu in self.gpus},
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
+        missing = [gpu for gpu in self.gpus if gpu not in self.triton_urls]
+        if missing:
+            raise SettingsError(f"INFERQ_TRITON_URLS names no Triton for GPU(s) {missing}")
+        if not self.gpus:
+            raise SettingsError("INFERQ_GPUS must name at least one GPU")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``INFERQ_*`` variables (``os.environ`` by default), then overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            key = (
+                "CUDA_VISIBLE_DEVICES"
+                if field.name == "cuda_visible_devices"
+                else f"INFERQ_{field.name.upper()}"
+            )
+            raw = env.get(key)
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _coerce(field.name, key, raw)
+        if "triton_urls" in values and isinstance(values["triton_urls"], str):
+            gpus = values.get("gpus", cls.gpus)
+            values["triton_urls"] = {gpu: values["triton_urls"] for gpu in gpus}
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def queues(self) -> list[str]:
+        """Every Celery queue: one per GPU, then ``control``."""
+        return [gpu_queue(gpu) for gpu in self.gpus] + [CONTROL_QUEUE]
+
+    @property
+    def python_libdir(self) -> str:
+        """The interpreter's own LIBDIR, put first on Triton's LD_LIBRARY_PATH (see DESIGN.md)."""
+        return str(sysconfig.get_config_var("LIBDIR") or "")
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as ``INFERQ_*`` variables, for child processes."""
+        env: dict[str, str] = {}
+        for field in dataclasses.fields(self):
+            if field.name == "cuda_visible_devices":
+                continue
+            value = getattr(self, field.name)
+            if field.name == "gpus":
+                text = ",".join(str(g) for g in value)
+            elif field.name == "triton_urls":
+                text = ",".join(f"{gpu}={url}" for gpu, url in sorted(value.items()))
+            else:
+                text = str(value)
+            env[f"INFERQ_{field.name.upper()}"] = text
+        return env
+
+    def describe(self) -> str:
+        """Effective settings, one per line, secrets masked."""
+        lines = []
+        for key, value in sorted(self.as_env().items()):
+            if "SECRET" in key:
+                value = "***"
+            lines.append(f"{key}={value}")
+        return "\n".join(lines)
+
+
+CONTROL_QUEUE = "control"
+
+
+def gpu_queue(gpu: int) -> str:
+    """The Celery queue pinned to GPU ``gpu``."""
+    return f"gpu.{gpu}"
+
+
+def gpu_of_queue(queue: str) -> int | None:
+    """The GPU index a ``gpu.N`` queue is pinned to, or None for other queues."""
+    prefix, _, index = queue.partition(".")
+    if prefix != "gpu" or not index.isdigit():
+        return None
+    return int(index)
+
+
+def _coerce(name: str, key: str, raw: str) -> Any:
+    field_type = {f.name: f.type for f in dataclasses.fields(Settings)}[name]
+    try:
+        if name == "gpus":
+            return tuple(int(part) for part in raw.split(",") if part.strip())
+        if name == "triton_urls":
+            if "=" not in raw:
+                return raw.strip()
+            mapping = {}
+            for part in raw.split(","):
+                gpu, _, url = part.partition("=")
+                mapping[int(gpu)] = url.strip()
+            return mapping
+        if field_type == "int":
+            return int(raw)
+        if field_type == "float":
+            return float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{key}={raw!r} is not valid: {exc}") from None
+    return raw
+
+
+def load_settings() -> Settings:
+    """Settings from the process environment."""
+    return Settings.from_env()

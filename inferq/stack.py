@@ -1,0 +1,297 @@
+"""``inferq up``: the whole local stack in the foreground, stopped as one by Ctrl-C.
+
+Starts what is not already running: Redis, the S3 server, one Triton per GPU,
+then registers and deploys the models of ``models/``, then the Celery workers
+(one per GPU plus control), the API under gunicorn, and Flower.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+import requests
+
+from inferq.localstack import (
+    ManagedProcess,
+    StartupError,
+    TritonPorts,
+    is_local,
+    port_open,
+    redis_process,
+    s3_process,
+    triton_process,
+    url_host_port,
+)
+from inferq.services import Services
+from inferq.settings import CONTROL_QUEUE, Settings, gpu_queue
+
+DEV_TENANT = "dev"
+
+
+def worker_argv(queue: str, concurrency: int, name: str) -> list[str]:
+    """The celery command line of a worker consuming only ``queue``."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks",
+        "worker",
+        "-Q",
+        queue,
+        "-n",
+        f"{name}@%h",
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        "INFO",
+        "-E",
+    ]
+
+
+def worker_env(settings: Settings, gpu: int | None) -> dict[str, str]:
+    """Environment of a worker: the settings, and the GPU it is pinned to."""
+    import os
+
+    env = {**os.environ, **settings.as_env()}
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # the control worker never touches a GPU
+    return env
+
+
+class Stack:
+    """The processes ``inferq up`` started, stopped in reverse order."""
+
+    def __init__(self, settings: Settings, say: Callable[[str], None] = print) -> None:
+        self.settings = settings
+        self.say = say
+        self.data_dir = Path(settings.data_dir).expanduser()
+        self.logs = self.data_dir / "logs"
+        self.processes: list[ManagedProcess] = []
+
+    def _start(self, process: ManagedProcess) -> ManagedProcess:
+        process.start()
+        self.processes.append(process)
+        return process
+
+    def _log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    # -- infrastructure -------------------------------------------------------------
+
+    def ensure_redis(self) -> None:
+        host, port = url_host_port(self.settings.redis_url, 6379)
+        if port_open(host, port):
+            self.say(f"redis      reusing {host}:{port}")
+            return
+        if not is_local(host):
+            raise StartupError(f"Redis at {host}:{port} is not reachable")
+        process = self._start(redis_process(port, self.data_dir / "redis", self._log("redis")))
+        process.wait_until(lambda: port_open(host, port), 20, "listening")
+        self.say(f"redis      started on {host}:{port}")
+
+    def ensure_database(self) -> None:
+        from registry.db import upgrade
+
+        upgrade(self.settings.database_url)
+        self.say(f"database   {self.settings.database_url.split('@')[-1]} (migrated)")
+
+    def ensure_s3(self, services: Services) -> None:
+        host, port = url_host_port(self.settings.s3_endpoint, 9000)
+        if not port_open(host, port):
+            if not is_local(host):
+                raise StartupError(f"S3 endpoint {self.settings.s3_endpoint} is not reachable")
+            process = self._start(
+                s3_process(
+                    port,
+                    self.data_dir / "s3",
+                    self.settings.s3_access_key,
+                    self.settings.s3_secret_key,
+                    self._log("s3"),
+                )
+            )
+            process.wait_until(lambda: port_open(host, port), 30, "listening")
+        services.store.ensure_bucket()
+        self.say(f"s3         {self.settings.s3_endpoint} bucket {self.settings.s3_bucket}")
+
+    def ensure_tritons(self) -> None:
+        by_url: dict[str, list[int]] = {}
+        for gpu in self.settings.gpus:
+            by_url.setdefault(self.settings.triton_urls[gpu], []).append(gpu)
+        repository = Path(self.settings.model_repository)
+        for url, gpus in by_url.items():
+            host, port = url_host_port(url, 8000)
+            if not port_open(host, port):
+                if not is_local(host):
+                    raise StartupError(f"Triton at {url} is not reachable")
+                name = "triton-gpu" + "-".join(map(str, gpus))
+                process = self._start(
+                    triton_process(
+                        self.data_dir / name,
+                        repository,
+                        TritonPorts.from_http_url(url),
+                        gpu=gpus[0] if len(gpus) == 1 else None,
+                        log_path=self._log(name),
+                    )
+                )
+                health = f"{url.rstrip('/')}/v2/health/ready"
+                process.wait_until(lambda h=health: requests.get(h, timeout=1).ok, 120, "ready")
+            self.say(f"triton     {url} for gpu {', '.join(map(str, gpus))}")
+
+    def deploy_models(self, services: Services) -> None:
+        from registry.deploy import deploy, register_repository
+
+        with services.db.session() as session:
+            for model in register_repository(session, Path(self.settings.model_repository)):
+                deploy(session, model, self.settings.gpus, services.triton)
+                where = ", ".join(f"gpu {d.gpu}: {d.status}" for d in model.deployments)
+                self.say(f"model      {model.name} v{model.version} {model.status} ({where})")
+
+    # -- platform -------------------------------------------------------------------
+
+    def start_workers(self) -> None:
+        s = self.settings
+        for gpu in s.gpus:
+            name = f"gpu{gpu}"
+            self._start(
+                ManagedProcess(
+                    f"worker-{name}",
+                    worker_argv(gpu_queue(gpu), s.worker_concurrency, name),
+                    env=worker_env(s, gpu),
+                    log_path=self._log(f"worker-{name}"),
+                )
+            )
+        self._start(
+            ManagedProcess(
+                "worker-control",
+                worker_argv(CONTROL_QUEUE, 2, "control"),
+                env=worker_env(s, None),
+                log_path=self._log("worker-control"),
+            )
+        )
+
+    def start_api(self) -> None:
+        s = self.settings
+        argv = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--worker-class",
+            "gthread",
+            "--workers",
+            "1",
+            "--threads",
+            str(s.api_threads),
+            "--bind",
+            f"{s.api_host}:{s.api_port}",
+            "--timeout",
+            str(int(s.sync_timeout_max) + 30),
+            "--access-logfile",
+            "-",
+            "webapp:create_app()",
+        ]
+        process = self._start(ManagedProcess("api", argv, env=worker_env(s, None), log_path=self._log("api")))
+        url = f"http://{s.api_host}:{s.api_port}/healthz"
+        process.wait_until(lambda: requests.get(url, timeout=1).ok, 60, "serving")
+
+    def start_flower(self) -> None:
+        s = self.settings
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks",
+            "flower",
+            "--address=127.0.0.1",
+            f"--port={s.flower_port}",
+        ]
+        self._start(ManagedProcess("flower", argv, env=worker_env(s, None), log_path=self._log("flower")))
+
+    def dev_key(self, services: Services) -> str:
+        """The development admin key: the one saved in the data dir if still valid, else a new one."""
+        from registry.apikeys import create_key, key_is_valid
+
+        path = self.data_dir / "dev-api-key"
+        with services.db.session() as session:
+            if path.exists() and key_is_valid(session, path.read_text().strip()):
+                return path.read_text().strip()
+            _, key = create_key(session, DEV_TENANT, admin=True)
+        path.write_text(key + "\n")
+        path.chmod(0o600)
+        return key
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def up(self) -> str:
+        """Start everything; return the development API key."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        services = Services(self.settings)
+        try:
+            self.ensure_redis()
+            self.ensure_database()
+            self.ensure_s3(services)
+            self.ensure_tritons()
+            self.deploy_models(services)
+            self.start_workers()
+            self.start_api()
+            self.start_flower()
+            return self.dev_key(services)
+        finally:
+            services.close()
+
+    def watch(self) -> int:
+        """Wait until a process exits on its own (then stop the rest) or a signal arrives."""
+        while True:
+            for process in self.processes:
+                if not process.alive():
+                    self.say(
+                        f"\n{process.name} exited; stopping the stack. Its log ends:\n{process.log_tail(15)}"
+                    )
+                    return 1
+            time.sleep(0.5)
+
+    def down(self) -> None:
+        for process in reversed(self.processes):
+            if process.alive():
+                process.stop()
+        self.processes.clear()
+
+
+def run_up(settings: Settings) -> int:
+    """Run the local stack in the foreground until Ctrl-C (or SIGTERM)."""
+    stack = Stack(settings)
+
+    def _terminate(signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        key = stack.up()
+        s = settings
+        stack.say(
+            "\ninferq is up.\n"
+            f"  API      http://{s.api_host}:{s.api_port}   (try /readyz)\n"
+            f"  Flower   http://127.0.0.1:{s.flower_port}\n"
+            f"  S3       {s.s3_endpoint}  (key {s.s3_access_key})\n"
+            f"  logs     {stack.logs}\n"
+            f"  API key  {key}\n"
+            "Ctrl-C stops everything.\n"
+        )
+        return stack.watch()
+    except KeyboardInterrupt:
+        stack.say("\nstopping ...")
+        return 0
+    except StartupError as exc:
+        stack.say(f"start-up failed: {exc}")
+        return 1
+    finally:
+        stack.down()
+        stack.say("stopped.")

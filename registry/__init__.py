@@ -1,0 +1,1 @@
+"""The model registry and job tracking: SQLAlchemy tables, repositories and migrations."""

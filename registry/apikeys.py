@@ -1,0 +1,66 @@
+"""API keys: each belongs to a tenant; only a SHA-256 hash of the key is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Boolean, String, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from registry.db import Base, UTCDateTime, new_id, utcnow
+
+KEY_PREFIX = "iq_"
+
+
+class ApiKey(Base):
+    """A tenant's key. The key itself is shown once, at creation; the row keeps its hash."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, default=None)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the tenant of a valid key, and whether it may change the registry."""
+
+    tenant: str
+    admin: bool
+    key_id: str
+
+
+def hash_key(key: str) -> str:
+    # Keys carry 256 random bits, so a fast hash is enough (no password stretching needed).
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(session: Session, tenant: str, admin: bool = False) -> tuple[ApiKey, str]:
+    """Create a key for ``tenant``; returns the row and the key, which is not stored."""
+    if not tenant or len(tenant) > 128:
+        raise ValueError("a tenant name of 1 to 128 characters is required")
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(tenant=tenant, key_hash=hash_key(key), prefix=key[:8], admin=admin)
+    session.add(row)
+    session.flush()
+    return row, key
+
+
+def authenticate(session: Session, key: str) -> Principal | None:
+    """The principal for a presented key, or None if it is unknown or revoked."""
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+    if row is None or row.revoked_at is not None:
+        return None
+    return Principal(tenant=row.tenant, admin=row.admin, key_id=row.id)
+
+
+def key_is_valid(session: Session, key: str) -> bool:
+    return authenticate(session, key) is not None

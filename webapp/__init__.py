@@ -1,0 +1,72 @@
+"""The inferq REST API: a Flask app factory wiring blueprints, auth, errors and metrics."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, g, request
+
+from inferq.services import Services
+from inferq.settings import Settings, load_settings
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
+    """Build the API for ``settings`` (the environment by default). Connects to nothing yet."""
+    from tasks import create_celery_app
+    from webapp import health, infer, metrics, task_status
+    from webapp.auth import authenticate_request
+    from webapp.errors import register_error_handlers
+
+    settings = settings or load_settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["inferq"] = services or Services(settings)
+    app.extensions["celery"] = create_celery_app(settings)
+
+    @app.before_request
+    def _request_id() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+    @app.after_request
+    def _echo_request_id(response: Any) -> Any:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        return response
+
+    @app.teardown_request
+    def _close_session(_: BaseException | None) -> None:
+        session = g.pop("_db", None)
+        if session is not None:
+            session.close()
+
+    register_error_handlers(app)
+    metrics.init_app(app)
+    app.register_blueprint(health.bp)
+    v1 = Blueprint("v1", __name__, url_prefix="/v1")
+    v1.before_request(authenticate_request)
+    v1.register_blueprint(infer.bp)
+    v1.register_blueprint(task_status.bp)
+    app.register_blueprint(v1)
+    return app
+
+
+def services() -> Services:
+    """The current app's :class:`Services`."""
+    return current_app.extensions["inferq"]  # type: ignore[no-any-return]
+
+
+def celery_app() -> Any:
+    return current_app.extensions["celery"]
+
+
+def db_session() -> Any:
+    """The request's SQLAlchemy session, opened on first use and closed at teardown."""
+    session = g.get("_db")
+    if session is None:
+        session = g._db = services().db.sessions()
+    return session

@@ -1,0 +1,174 @@
+"""Sync inference (Open Inference Protocol body): validate, route to a GPU queue, wait a bounded time."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from typing import Any
+
+from flask import Blueprint, Response, request
+from kombu.exceptions import OperationalError
+
+from inferq.settings import gpu_queue
+from registry.models import get_model_version, model_exists, newest_ready_version
+from registry.signatures import Problem, check_inference_request
+from tasks.infer import INFER_TASK
+from tasks.outcomes import BookkeepingUnavailable, record_task, wait_outcome
+from tasks.routing import NoRoute, route_request
+from webapp import celery_app, db_session, services
+from webapp.auth import current_principal
+from webapp.errors import ApiError, ServiceUnavailable, validation_error
+from webapp.metrics import INFER_REQUESTS
+from webapp.task_status import accepted, error_status
+
+bp = Blueprint("infer", __name__)
+
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+
+def parse_json_body() -> Any:
+    """The request body as JSON, or a 400 that says why it is not."""
+    raw = request.get_data(cache=False)
+    if not raw:
+        raise ApiError(
+            400, "malformed-json", "Malformed JSON", "the request body is empty; send a JSON object"
+        )
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(
+            400, "malformed-json", "Malformed JSON", f"the request body is not valid JSON: {exc}"
+        ) from None
+
+
+def parse_timeout(default: float, maximum: float) -> float:
+    """``?timeout=`` in seconds (0 to ``maximum``), or ``default``."""
+    raw = request.args.get("timeout")
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0 <= value <= maximum:
+        raise ApiError(
+            400,
+            "invalid-parameter",
+            "Invalid query parameter",
+            f"timeout must be a number of seconds from 0 to {maximum:g}, not {raw!r}",
+        )
+    return value
+
+
+def prefers_async() -> bool:
+    """``Prefer: respond-async`` (RFC 7240)."""
+    prefer = request.headers.get("Prefer", "")
+    return any(token.strip().lower() == "respond-async" for token in prefer.split(","))
+
+
+def resolve_model(name: str, version: str | None) -> Any:
+    """The model version to run: the one named, or the newest ready version of ``name``."""
+    session = db_session()
+    if version is not None:
+        model = get_model_version(session, name, version)
+        if model is None:
+            raise ApiError(
+                404, "model-not-found", "Model not found", f"no model {name!r} version {version!r}"
+            )
+    else:
+        model = newest_ready_version(session, name)
+        if model is None:
+            if not model_exists(session, name):
+                raise ApiError(404, "model-not-found", "Model not found", f"no model named {name!r}")
+            raise ApiError(409, "model-not-ready", "Model not ready", f"no version of {name!r} is deployed")
+    if model.status != "ready" or not model.ready_gpus():
+        raise ApiError(
+            409,
+            "model-not-ready",
+            "Model not ready",
+            f"{name!r} version {model.version!r} is {model.status}, not deployed and ready",
+        )
+    return model
+
+
+@bp.post("/models/<name>/infer")
+@bp.post("/models/<name>/versions/<version>/infer")
+def infer(name: str, version: str | None = None) -> Any:
+    """Run one inference; 200 with the outputs when done within the wait, else 202 + Location."""
+    settings = services().settings
+    body = parse_json_body()
+    timeout = parse_timeout(settings.sync_timeout, settings.sync_timeout_max)
+    model = resolve_model(name, version)
+    inputs, outputs, problems = check_inference_request(body, model.input_specs, model.output_specs)
+    if problems:
+        INFER_REQUESTS.labels(model.name, "invalid").inc()
+        raise validation_error(problems, "The inference request does not match the model's signature")
+    request_id = body.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise validation_error([Problem("/id", "must be a string")])
+
+    redis = services().redis
+    try:
+        gpu = route_request(redis, model.ready_gpus(), settings.gpus)
+    except NoRoute as exc:
+        raise ApiError(503, "no-gpu-available", "No GPU can serve this model", str(exc)) from None
+
+    task_id = uuid.uuid4().hex
+    message: dict[str, Any] = {
+        "model_name": model.name,
+        "model_version": model.version,
+        "triton_name": model.triton_name,
+        "triton_version": model.triton_version,
+        "outputs": outputs,
+        "id": request_id,
+    }
+    encoded_inputs = [tensor.as_dict() for tensor in inputs]
+    stash = None
+    encoded = json.dumps(encoded_inputs, separators=(",", ":")).encode()
+    if len(encoded) > settings.inline_payload_max:
+        stash = encoded  # the task message carries a reference, not megabytes of tensors
+    else:
+        message["inputs"] = encoded_inputs
+    try:
+        record_task(
+            redis,
+            task_id,
+            current_principal().tenant,
+            {"model": model.name, "version": model.version, "kind": "infer"},
+            settings.result_expires,
+            payload=stash,
+        )
+    except BookkeepingUnavailable as exc:
+        raise ServiceUnavailable("cache", f"Redis cannot be reached: {exc}") from None
+    queue = gpu_queue(gpu)
+    try:
+        celery_app().send_task(
+            INFER_TASK, args=[message], task_id=task_id, queue=queue, retry=True, retry_policy=PUBLISH_RETRY
+        )
+    except OperationalError as exc:
+        raise ServiceUnavailable("broker", f"the task could not be queued: {exc}") from None
+
+    if prefers_async() or timeout == 0:
+        INFER_REQUESTS.labels(model.name, "accepted").inc()
+        return accepted(task_id)
+    try:
+        outcome = wait_outcome(services().blocking_redis, task_id, timeout)
+    except BookkeepingUnavailable:
+        outcome = None  # the task still runs; the client polls its Location
+    if outcome is None:
+        INFER_REQUESTS.labels(model.name, "accepted").inc()
+        return accepted(task_id)
+    if outcome["state"] == "SUCCESS":
+        INFER_REQUESTS.labels(model.name, "succeeded").inc()
+        return Response(
+            json.dumps(outcome["result"], separators=(",", ":")), 200, mimetype="application/json"
+        )
+    INFER_REQUESTS.labels(model.name, "failed").inc()
+    error = outcome["error"]
+    raise ApiError(
+        error_status(error["code"]),
+        error["code"].replace("_", "-"),
+        "Inference failed",
+        f"task {task_id}: {error['message']}",
+    )

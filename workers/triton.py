@@ -1,0 +1,163 @@
+"""The Triton boundary: Open Inference Protocol calls over tritonclient's HTTP client.
+
+tritonclient and socket errors are translated here into :class:`TritonError`
+subclasses; nothing above this module imports tritonclient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from registry.signatures import NUMPY_DTYPES
+
+
+class TritonError(Exception):
+    """Triton answered with an error, or could not be asked."""
+
+    code = "triton_error"
+
+
+class TritonUnavailable(TritonError):
+    """Triton could not be reached, timed out, or said it is not ready: worth a retry."""
+
+    code = "backend_unavailable"
+
+
+class TritonRejected(TritonError):
+    """Triton refused the request itself (bad input): a retry would fail the same way."""
+
+    code = "invalid_request"
+
+
+class TritonModelNotFound(TritonError):
+    """The model (or version) is not loaded on this Triton."""
+
+    code = "model_not_loaded"
+
+
+def _translate(exc: BaseException, url: str) -> TritonError:
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(exc, InferenceServerException):
+        message = exc.message() or str(exc)
+        status = str(exc.status() or "")
+        lowered = message.lower()
+        if "unknown model" in lowered or "no available versions" in lowered or "not found" in lowered:
+            return TritonModelNotFound(message)
+        if status.startswith("5") or "unavailable" in lowered or "not ready" in lowered:
+            return TritonUnavailable(f"{url}: {message}")
+        return TritonRejected(message)
+    return TritonUnavailable(f"{url}: {type(exc).__name__}: {exc}")
+
+
+class TritonEndpoint:
+    """One Triton server (one GPU's). Thread-safe: each thread gets its own HTTP client."""
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        self.url = url
+        self._address = parts.netloc
+        self._ssl = parts.scheme == "https"
+        self.timeout = timeout
+        self._local = threading.local()
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            import tritonclient.http as httpclient
+
+            client = httpclient.InferenceServerClient(
+                self._address,
+                ssl=self._ssl,
+                connection_timeout=self.timeout,
+                network_timeout=self.timeout,
+            )
+            self._local.client = client
+        return client
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return getattr(self._client(), method)(*args, **kwargs)
+        except Exception as exc:
+            # A broken connection leaves the client unusable; start afresh next time.
+            self.close()
+            raise _translate(exc, self.url) from exc
+
+    def close(self) -> None:
+        client = getattr(self._local, "client", None)
+        self._local.client = None
+        if client is not None:
+            with contextlib.suppress(Exception):  # closing a dead connection may fail too
+                client.close()
+
+    def is_ready(self) -> bool:
+        """Triton's server readiness (``/v2/health/ready``)."""
+        return bool(self._call("is_server_ready"))
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        return bool(self._call("is_model_ready", name, version))
+
+    def load_model(self, name: str) -> None:
+        """Load (or reload) ``name`` from Triton's repository (explicit model control)."""
+        self._call("load_model", name)
+
+    def unload_model(self, name: str) -> None:
+        self._call("unload_model", name)
+
+    def infer(
+        self,
+        model: str,
+        inputs: Sequence[dict[str, Any]],
+        outputs: Sequence[str] | None = None,
+        version: str = "",
+        request_id: str = "",
+    ) -> list[dict[str, Any]]:
+        """Run one inference; inputs and outputs are protocol tensors with flat ``data`` lists."""
+        import tritonclient.http as httpclient
+
+        infer_inputs = []
+        for tensor in inputs:
+            array = to_numpy(tensor)
+            item = httpclient.InferInput(tensor["name"], list(array.shape), tensor["datatype"])
+            item.set_data_from_numpy(array, binary_data=True)
+            infer_inputs.append(item)
+        requested = [httpclient.InferRequestedOutput(name, binary_data=True) for name in outputs or ()]
+        result = self._call(
+            "infer",
+            model,
+            infer_inputs,
+            model_version=version,
+            outputs=requested or None,
+            request_id=request_id,
+        )
+        response = result.get_response()
+        tensors = []
+        for meta in response.get("outputs", []):
+            array = result.as_numpy(meta["name"])
+            tensors.append(from_numpy(meta["name"], meta["datatype"], array))
+        return tensors
+
+
+def to_numpy(tensor: dict[str, Any]) -> np.ndarray:
+    """A protocol tensor (flat ``data``) as a numpy array of its datatype and shape."""
+    datatype = tensor["datatype"]
+    if datatype == "BYTES":
+        data = [v.encode() if isinstance(v, str) else v for v in tensor["data"]]
+        return np.array(data, dtype=np.object_).reshape(tensor["shape"])
+    return np.asarray(tensor["data"], dtype=NUMPY_DTYPES[datatype]).reshape(tensor["shape"])
+
+
+def from_numpy(name: str, datatype: str, array: np.ndarray) -> dict[str, Any]:
+    """A numpy array as a protocol tensor with flat, JSON-ready ``data``."""
+    flat = array.reshape(-1)
+    if datatype == "BYTES":
+        data = [v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in flat]
+    else:
+        data = flat.tolist()
+    return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": data}

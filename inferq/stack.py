@@ -259,10 +259,21 @@ class Stack:
             time.sleep(0.5)
 
     def down(self) -> None:
-        for process in reversed(self.processes):
-            if process.alive():
-                process.stop()
+        """Stop everything: clients first (API, Flower, workers), then the servers they use."""
+        clients = [p for p in self.processes if p.name.startswith(("api", "flower", "worker"))]
+        servers = [p for p in self.processes if p not in clients]
+        for group in (clients, servers):
+            stop_all(group)
         self.processes.clear()
+
+
+def stop_all(processes: list[ManagedProcess], timeout: float = 15.0) -> None:
+    """SIGTERM all at once, then wait for each (SIGKILL after ``timeout``)."""
+    for process in processes:
+        if process.alive():
+            process.signal(signal.SIGTERM)
+    for process in processes:
+        process.stop(timeout)
 
 
 def run_up(settings: Settings) -> int:

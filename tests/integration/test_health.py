@@ -1,0 +1,70 @@
+"""/healthz, /readyz (each dependency, 503 when Triton is down) and /metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import Stack, start_triton
+
+pytestmark = pytest.mark.integration
+
+
+def test_healthz_needs_no_key(stack: Stack) -> None:
+    response = stack.client().get("/healthz")
+    assert response.status_code == 200 and response.get_json() == {"status": "ok"}
+
+
+def test_readyz_reports_each_dependency(stack: Stack) -> None:
+    response = stack.client().get("/readyz")
+    body = response.get_json()
+    assert response.status_code == 200, body
+    assert body["status"] == "ready"
+    assert set(body["checks"]) == {"broker", "database", "object_store", "triton", "workers"}
+    assert all(check["status"] == "ok" for check in body["checks"].values()), body
+    assert body["checks"]["database"]["backend"] in {"sqlite", "postgresql"}
+    assert set(body["checks"]["triton"]["gpus"]) == {"0", "1"}
+    assert all(body["checks"]["workers"]["queues"][q] for q in ("gpu.0", "gpu.1", "control"))
+
+
+def test_readyz_is_503_when_triton_stops(stack: Stack, tmp_path: Path) -> None:
+    from webapp import create_app
+
+    triton = start_triton(tmp_path, "triton-readyz")
+    settings = dataclasses.replace(stack.settings, triton_urls={0: triton.url, 1: triton.url})
+    app = create_app(settings)
+    try:
+        assert app.test_client().get("/readyz").status_code == 200
+        triton.process.stop()
+        response = app.test_client().get("/readyz")
+        body = response.get_json()
+        assert response.status_code == 503
+        assert body["status"] == "not ready"
+        assert body["checks"]["triton"]["status"] == "fail"
+        assert body["checks"]["triton"]["gpus"]["0"]["status"] == "fail"
+        assert all(body["checks"][name]["status"] == "ok" for name in ("broker", "database", "object_store"))
+    finally:
+        triton.process.stop()
+        app.extensions["inferq"].close()
+
+
+def test_readyz_is_503_when_the_object_store_is_unreachable(stack: Stack) -> None:
+    from inferq.localstack import free_port
+    from webapp import create_app
+
+    settings = dataclasses.replace(stack.settings, s3_endpoint=f"http://127.0.0.1:{free_port()}")
+    app = create_app(settings)
+    try:
+        response = app.test_client().get("/readyz")
+        assert response.status_code == 503
+        assert response.get_json()["checks"]["object_store"]["status"] == "fail"
+    finally:
+        app.extensions["inferq"].close()
+
+
+def test_metrics_count_requests(stack: Stack) -> None:
+    stack.client().get("/healthz")
+    text = stack.client().get("/metrics").get_data(as_text=True)
+    assert 'inferq_http_requests_total{endpoint="/healthz",method="GET",status="200"}' in text

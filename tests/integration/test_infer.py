@@ -1,0 +1,145 @@
+"""Sync inference end to end: API -> Celery task on a gpu.N queue -> real Triton -> answer."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from sklearn.datasets import load_digits
+
+from inferq.settings import REPO_ROOT
+from tests.fixtures import Stack
+
+pytestmark = pytest.mark.integration
+
+
+def digits_rows(start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    digits = load_digits()
+    return digits.data[start : start + count].astype(np.float32), digits.target[start : start + count]
+
+
+def infer_body(rows: np.ndarray, **extra: Any) -> dict[str, Any]:
+    return {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": list(rows.shape),
+                "datatype": "FP32",
+                "data": rows.reshape(-1).tolist(),
+            }
+        ],
+        **extra,
+    }
+
+
+def local_onnx(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    session = ort.InferenceSession(
+        str(REPO_ROOT / "models/digits/1/model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    labels, probabilities = session.run(["label", "probabilities"], {"input": rows})
+    return labels, probabilities
+
+
+def output(body: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(o for o in body["outputs"] if o["name"] == name)
+
+
+def test_digits_through_the_whole_path_match_onnxruntime(stack: Stack) -> None:
+    rows, truth = digits_rows(100, 48)
+    response = stack.client().post(
+        "/v1/models/digits/infer", json=infer_body(rows, id="req-1"), headers=stack.auth()
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["model_name"] == "digits" and body["model_version"] == "1" and body["id"] == "req-1"
+    labels = output(body, "label")
+    probabilities = output(body, "probabilities")
+    assert labels["datatype"] == "INT64" and labels["shape"] == [48]
+    assert probabilities["datatype"] == "FP32" and probabilities["shape"] == [48, 10]
+    expected_labels, expected_probabilities = local_onnx(rows)
+    assert labels["data"] == expected_labels.tolist()
+    np.testing.assert_allclose(
+        np.array(probabilities["data"]).reshape(48, 10), expected_probabilities, rtol=1e-5
+    )
+    assert (np.array(labels["data"]) == truth).mean() > 0.9
+
+
+def test_requested_outputs_only(stack: Stack) -> None:
+    rows, _ = digits_rows(0, 2)
+    response = stack.client().post(
+        "/v1/models/digits/versions/1/infer",
+        json=infer_body(rows, outputs=[{"name": "label"}]),
+        headers=stack.auth(),
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert [o["name"] for o in response.get_json()["outputs"]] == ["label"]
+
+
+def test_tasks_run_on_the_gpu_queue_their_worker_consumes(stack: Stack) -> None:
+    """The worker (not the router) reports the queue that delivered the task and its pinned GPU."""
+    from tasks import create_celery_app
+
+    queues = create_celery_app(stack.settings).control.inspect(timeout=2).active_queues()
+    by_worker = {worker: sorted(q["name"] for q in qs) for worker, qs in queues.items()}
+    assert sorted(by_worker.values()) == [["control"], ["gpu.0"], ["gpu.1"]]
+    gpu_workers = {qs[0]: worker for worker, qs in by_worker.items() if qs[0].startswith("gpu.")}
+
+    rows, _ = digits_rows(7, 1)
+    seen = set()
+    for _ in range(30):
+        response = stack.client().post("/v1/models/digits/infer", json=infer_body(rows), headers=stack.auth())
+        assert response.status_code == 200, response.get_data(as_text=True)
+        params = response.get_json()["parameters"]
+        assert params["queue"] == f"gpu.{params['gpu']}"
+        assert params["worker"] == gpu_workers[params["queue"]]
+        assert params["cuda_visible_devices"] == str(params["gpu"])
+        seen.add(params["gpu"])
+    assert seen == {0, 1}, "the router should spread equal load over both GPUs"
+
+
+def poll_task(stack: Stack, location: str, key: str | None = None, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = stack.client().get(location, headers=stack.auth(key))
+        assert response.status_code == 200, response.get_data(as_text=True)
+        body = response.get_json()
+        assert body["status"] in {"queued", "running", "succeeded", "failed"}
+        if body["status"] in {"succeeded", "failed"}:
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"{location} did not finish in {timeout}s")
+
+
+@pytest.mark.parametrize(
+    ("query", "headers"),
+    [("", {"Prefer": "respond-async"}), ("?timeout=0", {})],
+    ids=["prefer-respond-async", "timeout-0"],
+)
+def test_async_answer_then_poll(stack: Stack, query: str, headers: dict[str, str]) -> None:
+    rows, _ = digits_rows(200, 3)
+    response = stack.client().post(
+        f"/v1/models/digits/infer{query}", json=infer_body(rows), headers={**stack.auth(), **headers}
+    )
+    assert response.status_code == 202, response.get_data(as_text=True)
+    location = response.headers["Location"]
+    task_id = response.get_json()["id"]
+    assert location == f"/v1/tasks/{task_id}" and response.get_json()["status"] == "queued"
+    body = poll_task(stack, location)
+    assert body["status"] == "succeeded" and body["model"] == "digits"
+    assert output(body["result"], "label")["data"] == local_onnx(rows)[0].tolist()
+
+
+def test_tasks_are_visible_to_their_tenant_only(stack: Stack) -> None:
+    rows, _ = digits_rows(0, 1)
+    response = stack.client().post(
+        "/v1/models/digits/infer", json=infer_body(rows), headers={**stack.auth(), "Prefer": "respond-async"}
+    )
+    location = response.headers["Location"]
+    assert stack.client().get(location, headers=stack.auth(stack.admin_key)).status_code == 200  # same tenant
+    other = stack.client().get(location, headers=stack.auth(stack.other_tenant_key))
+    assert other.status_code == 404 and other.mimetype == "application/problem+json"
+    unknown = stack.client().get("/v1/tasks/0123456789abcdef", headers=stack.auth())
+    assert unknown.status_code == 404 and unknown.get_json()["title"] == "Task not found"

@@ -1,0 +1,33 @@
+"""``inferq keys create``: the key alone on the last line, only its hash stored, and it works."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from inferq.cli import main
+from registry.apikeys import ApiKey, hash_key
+from tests.fixtures import Stack
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("admin", [False, True])
+def test_keys_create_prints_a_working_key(stack: Stack, admin: bool) -> None:
+    args = ["keys", "create", "--tenant", "initech"] + (["--admin"] if admin else [])
+    result = CliRunner().invoke(main, args, env=stack.settings.as_env())
+    assert result.exit_code == 0, result.output
+    key = result.output.strip().splitlines()[-1]
+    assert key.startswith("iq_") and " " not in key and len(key) > 40
+    with stack.services.db.session() as session:
+        rows = session.scalars(select(ApiKey).where(ApiKey.tenant == "initech", ApiKey.admin == admin)).all()
+        assert any(row.key_hash == hash_key(key) for row in rows)
+        assert all(key not in (row.key_hash, row.prefix) for row in rows)
+    response = stack.client().get("/v1/tasks/none", headers=stack.auth(key))
+    assert response.status_code == 404  # authenticated: the task just does not exist
+
+
+def test_keys_create_needs_a_tenant(stack: Stack) -> None:
+    result = CliRunner().invoke(main, ["keys", "create", "--tenant", ""], env=stack.settings.as_env())
+    assert result.exit_code == 2 and "tenant" in result.output

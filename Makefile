@@ -30,6 +30,6 @@ coverage: ## Test suite with a coverage report of the API process
 	$(VENV)/pytest --cov=inferq --cov=webapp --cov=tasks --cov=registry --cov=workers --cov-report=term-missing
 
 model: ## Re-train and export the digits model into models/
-	$(VENV)/python scripts/export_digits_model.py
+	$(VENV)/python scripts/export_models.py
 
 .PHONY: help install up lint format test unit coverage model

@@ -58,4 +58,12 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_concurrency": settings.worker_concurrency,
+        # celery beat (``inferq up`` runs it; in production run one ``celery -A tasks beat``).
+        "beat_schedule": {
+            "flush-stats": {
+                "task": "inferq.maintenance.flush_stats",
+                "schedule": settings.stats_flush_interval,
+                "options": {"queue": CONTROL_QUEUE, "expires": settings.stats_flush_interval * 2},
+            },
+        },
     }

@@ -6,7 +6,6 @@ from test settings.
 
 from __future__ import annotations
 
-import os
 import threading
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -16,6 +15,7 @@ from inferq.settings import Settings
 if TYPE_CHECKING:
     import redis
 
+    from registry.cache import RegistryCache
     from registry.db import Database
     from workers.storage import ObjectStore
     from workers.triton import TritonEndpoint
@@ -27,7 +27,6 @@ class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
-        self._pid = os.getpid()
 
     @cached_property
     def db(self) -> Database:
@@ -59,6 +58,20 @@ class Services:
         )
 
     @cached_property
+    def cache(self) -> RegistryCache:
+        """Registry cache-aside; its Redis client gives up fast so an outage falls back to the database."""
+        import redis
+
+        from registry.cache import RegistryCache
+
+        client = redis.Redis.from_url(
+            self.settings.redis_url,
+            socket_timeout=self.settings.cache_timeout,
+            socket_connect_timeout=self.settings.cache_timeout,
+        )
+        return RegistryCache(client, self.settings.cache_ttl)
+
+    @cached_property
     def store(self) -> ObjectStore:
         from workers.storage import ObjectStore
 
@@ -81,6 +94,9 @@ class Services:
             client = self.__dict__.pop(name, None)
             if client is not None:
                 client.close()
+        cache = self.__dict__.pop("cache", None)
+        if cache is not None and cache.client is not None:
+            cache.client.close()
         db = self.__dict__.pop("db", None)
         if db is not None:
             db.dispose()

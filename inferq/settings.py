@@ -63,6 +63,9 @@ class Settings:
     visibility_timeout: int = 900
     worker_concurrency: int = 2
     health_timeout: float = 2.0
+    cache_ttl: int = 900
+    cache_timeout: float = 0.25
+    stats_flush_interval: float = 10.0
     cuda_visible_devices: str = ""  # read from CUDA_VISIBLE_DEVICES, for reporting only
 
     def __post_init__(self) -> None:

@@ -6,7 +6,7 @@ from celery import Celery
 
 from inferq.settings import Settings, load_settings
 
-TASK_MODULES = ("tasks.infer", "tasks.signals")
+TASK_MODULES = ("tasks.infer", "tasks.deploy", "tasks.maintenance", "tasks.signals")
 
 
 def create_celery_app(settings: Settings | None = None) -> Celery:

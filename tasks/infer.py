@@ -9,6 +9,7 @@ from celery import Task, shared_task
 
 from inferq.services import Services
 from inferq.settings import gpu_of_queue
+from registry import stats
 from tasks.outcomes import load_payload
 from tasks.runtime import services_for
 from workers.triton import TritonError, TritonUnavailable
@@ -34,19 +35,25 @@ def run_inference(services: Services, request: dict[str, Any], gpu: int, task_id
     if inputs is None:
         inputs = load_payload(services.redis, task_id)
     started = time.perf_counter()
-    outputs = services.triton(gpu).infer(
-        request["triton_name"],
-        inputs,
-        outputs=request.get("outputs"),
-        version=request.get("triton_version", ""),
-        request_id=request.get("id") or task_id,
-    )
+    try:
+        outputs = services.triton(gpu).infer(
+            request["triton_name"],
+            inputs,
+            outputs=request.get("outputs"),
+            version=request.get("triton_version", ""),
+            request_id=request.get("id") or task_id,
+        )
+    except TritonError:
+        stats.record(services.redis, request["model_id"], gpu, 0.0, ok=False)
+        raise
+    latency_ms = (time.perf_counter() - started) * 1000
+    stats.record(services.redis, request["model_id"], gpu, latency_ms, ok=True)
     return {
         "model_name": request["model_name"],
         "model_version": request["model_version"],
         "id": request.get("id") or task_id,
         "outputs": outputs,
-        "parameters": {"gpu": gpu, "latency_ms": round((time.perf_counter() - started) * 1000, 3)},
+        "parameters": {"gpu": gpu, "latency_ms": round(latency_ms, 3)},
     }
 
 

@@ -10,16 +10,17 @@ from typing import Any
 from flask import Blueprint, Response, request
 from kombu.exceptions import OperationalError
 
+from inferq.metrics import INFER_REQUESTS
 from inferq.settings import gpu_queue
-from registry.models import get_model_version, model_exists, newest_ready_version
-from registry.signatures import Problem, check_inference_request
+from registry.models import ready_gpus
+from registry.signatures import Problem, check_inference_request, specs_from_json
 from tasks.infer import INFER_TASK
 from tasks.outcomes import BookkeepingUnavailable, record_task, wait_outcome
 from tasks.routing import NoRoute, route_request
-from webapp import celery_app, db_session, services
+from webapp import celery_app, services
 from webapp.auth import current_principal
 from webapp.errors import ApiError, ServiceUnavailable, validation_error
-from webapp.metrics import INFER_REQUESTS
+from webapp.registry import model_by_version, newest_ready
 from webapp.task_status import accepted, error_status
 
 bp = Blueprint("infer", __name__)
@@ -67,27 +68,27 @@ def prefers_async() -> bool:
     return any(token.strip().lower() == "respond-async" for token in prefer.split(","))
 
 
-def resolve_model(name: str, version: str | None) -> Any:
-    """The model version to run: the one named, or the newest ready version of ``name``."""
-    session = db_session()
+def resolve_model(name: str, version: str | None) -> dict[str, Any]:
+    """The model version to run (through the registry cache): the one named, or the newest ready one."""
     if version is not None:
-        model = get_model_version(session, name, version)
+        model = model_by_version(name, version)
         if model is None:
             raise ApiError(
                 404, "model-not-found", "Model not found", f"no model {name!r} version {version!r}"
             )
     else:
-        model = newest_ready_version(session, name)
+        found = newest_ready(name)
+        model = found["model"]
         if model is None:
-            if not model_exists(session, name):
+            if not found["exists"]:
                 raise ApiError(404, "model-not-found", "Model not found", f"no model named {name!r}")
             raise ApiError(409, "model-not-ready", "Model not ready", f"no version of {name!r} is deployed")
-    if model.status != "ready" or not model.ready_gpus():
+    if model["status"] != "ready" or not ready_gpus(model):
         raise ApiError(
             409,
             "model-not-ready",
             "Model not ready",
-            f"{name!r} version {model.version!r} is {model.status}, not deployed and ready",
+            f"{name!r} version {model['version']!r} is {model['status']}, not deployed and ready",
         )
     return model
 
@@ -100,9 +101,11 @@ def infer(name: str, version: str | None = None) -> Any:
     body = parse_json_body()
     timeout = parse_timeout(settings.sync_timeout, settings.sync_timeout_max)
     model = resolve_model(name, version)
-    inputs, outputs, problems = check_inference_request(body, model.input_specs, model.output_specs)
+    inputs, outputs, problems = check_inference_request(
+        body, specs_from_json(model["inputs"]), specs_from_json(model["outputs"])
+    )
     if problems:
-        INFER_REQUESTS.labels(model.name, "invalid").inc()
+        INFER_REQUESTS.labels(model["name"], "invalid").inc()
         raise validation_error(problems, "The inference request does not match the model's signature")
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -110,16 +113,17 @@ def infer(name: str, version: str | None = None) -> Any:
 
     redis = services().redis
     try:
-        gpu = route_request(redis, model.ready_gpus(), settings.gpus)
+        gpu = route_request(redis, ready_gpus(model), settings.gpus)
     except NoRoute as exc:
         raise ApiError(503, "no-gpu-available", "No GPU can serve this model", str(exc)) from None
 
     task_id = uuid.uuid4().hex
     message: dict[str, Any] = {
-        "model_name": model.name,
-        "model_version": model.version,
-        "triton_name": model.triton_name,
-        "triton_version": model.triton_version,
+        "model_id": model["id"],
+        "model_name": model["name"],
+        "model_version": model["version"],
+        "triton_name": model["triton_name"],
+        "triton_version": model["triton_version"],
         "outputs": outputs,
         "id": request_id,
     }
@@ -135,7 +139,7 @@ def infer(name: str, version: str | None = None) -> Any:
             redis,
             task_id,
             current_principal().tenant,
-            {"model": model.name, "version": model.version, "kind": "infer"},
+            {"model": model["name"], "version": model["version"], "kind": "infer"},
             settings.result_expires,
             payload=stash,
         )
@@ -150,21 +154,21 @@ def infer(name: str, version: str | None = None) -> Any:
         raise ServiceUnavailable("broker", f"the task could not be queued: {exc}") from None
 
     if prefers_async() or timeout == 0:
-        INFER_REQUESTS.labels(model.name, "accepted").inc()
+        INFER_REQUESTS.labels(model["name"], "accepted").inc()
         return accepted(task_id)
     try:
         outcome = wait_outcome(services().blocking_redis, task_id, timeout)
     except BookkeepingUnavailable:
         outcome = None  # the task still runs; the client polls its Location
     if outcome is None:
-        INFER_REQUESTS.labels(model.name, "accepted").inc()
+        INFER_REQUESTS.labels(model["name"], "accepted").inc()
         return accepted(task_id)
     if outcome["state"] == "SUCCESS":
-        INFER_REQUESTS.labels(model.name, "succeeded").inc()
+        INFER_REQUESTS.labels(model["name"], "succeeded").inc()
         return Response(
             json.dumps(outcome["result"], separators=(",", ":")), 200, mimetype="application/json"
         )
-    INFER_REQUESTS.labels(model.name, "failed").inc()
+    INFER_REQUESTS.labels(model["name"], "failed").inc()
     error = outcome["error"]
     raise ApiError(
         error_status(error["code"]),

@@ -6,28 +6,9 @@ import time
 from typing import Any
 
 from flask import Flask, Response, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-REGISTRY = CollectorRegistry(auto_describe=True)
-HTTP_REQUESTS = Counter(
-    "inferq_http_requests_total",
-    "HTTP requests answered",
-    ["method", "endpoint", "status"],
-    registry=REGISTRY,
-)
-HTTP_LATENCY = Histogram(
-    "inferq_http_request_duration_seconds",
-    "Time to answer an HTTP request",
-    ["method", "endpoint"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-    registry=REGISTRY,
-)
-INFER_REQUESTS = Counter(
-    "inferq_infer_requests_total",
-    "Sync inference requests by how they were answered",
-    ["model", "outcome"],
-    registry=REGISTRY,
-)
+from inferq.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY
 
 
 def init_app(app: Flask) -> None:

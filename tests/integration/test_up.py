@@ -65,8 +65,13 @@ def test_up_serves_and_ctrl_c_stops_everything(tmp_path: Path, redis_url: str) -
     }
     log = tmp_path / "up.log"
     with open(log, "wb") as out:
-        up = subprocess.Popen([sys.executable, "-m", "inferq.cli", "up"], env=env, stdout=out,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+        up = subprocess.Popen(
+            [sys.executable, "-m", "inferq.cli", "up"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 180
         while "Ctrl-C stops everything" not in log.read_text():
@@ -80,8 +85,12 @@ def test_up_serves_and_ctrl_c_stops_everything(tmp_path: Path, redis_url: str) -
 
         base = f"http://127.0.0.1:{api_port}"
         body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
-        response = requests.post(f"{base}/v1/models/digits/infer", json=body,
-                                 headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        response = requests.post(
+            f"{base}/v1/models/digits/infer",
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
         assert response.status_code == 200, response.text
         assert response.json()["parameters"]["queue"] in {"gpu.0", "gpu.1"}
         ready = requests.get(f"{base}/readyz", timeout=10)

@@ -11,7 +11,7 @@ from registry.triton_repository import describe_model_dir, read_model_config
 
 def test_local_repository_keeps_the_signature_and_swaps_the_backend(tmp_path: Path) -> None:
     names = build_local_repository(REPO_ROOT / "models", tmp_path / "repo")
-    assert names == ["digits"]
+    assert names == ["digits", "iris"]
     source = read_model_config(REPO_ROOT / "models/digits/config.pbtxt")
     local = read_model_config(tmp_path / "repo/digits/config.pbtxt")
     assert source.backend == "onnxruntime" and local.backend == "python"

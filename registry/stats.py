@@ -1,0 +1,228 @@
+"""Inference statistics per model version and GPU: counted in Redis on the hot path, flushed to the database.
+
+Each inference costs one pipelined Redis round trip (HINCRBY on a hash per model
+and GPU). ``flush`` moves the counts into the database atomically (RENAME, so two
+flushers never count the same hash twice); ``read`` adds what is still in Redis
+to what is in the database, so the figures are exact at any moment. Latency goes
+into log-spaced buckets (each 25% wider than the last, from 0.25 ms), which bounds
+a percentile's error to one bucket width.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis
+from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from registry.db import Base
+
+log = logging.getLogger(__name__)
+
+KEY = "inferq:stats:{}:{}"
+SCAN_PATTERN = "inferq:stats:*"
+BUCKET_BOUNDS_MS = [0.25 * 1.25**i for i in range(64)]  # up to about 400 s
+PERCENTILES = (50, 95, 99)
+
+
+class InferenceStats(Base):
+    __tablename__ = "inference_stats"
+
+    model_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    gpu: Mapped[int] = mapped_column(Integer, primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    latency_ms_sum: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class InferenceLatency(Base):
+    __tablename__ = "inference_latency"
+
+    model_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    gpu: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+def bucket_of(latency_ms: float) -> int:
+    """Index of the first bucket whose upper bound is at least ``latency_ms``."""
+    return min(bisect.bisect_left(BUCKET_BOUNDS_MS, latency_ms), len(BUCKET_BOUNDS_MS) - 1)
+
+
+def record(client: redis.Redis, model_id: str, gpu: int, latency_ms: float, ok: bool) -> None:
+    """Count one inference on the hot path (one pipelined round trip); never raises."""
+    key = KEY.format(model_id, gpu)
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            pipe.hincrby(key, "requests", 1)
+            if ok:
+                pipe.hincrbyfloat(key, "latency_ms_sum", latency_ms)
+                pipe.hincrby(key, f"b{bucket_of(latency_ms)}", 1)
+            else:
+                pipe.hincrby(key, "errors", 1)
+            pipe.execute()
+    except redis.RedisError as exc:
+        log.warning("statistics of model %s not recorded: %s", model_id, exc)
+
+
+def _parse(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
+    counts: dict[str, Any] = {"requests": 0, "errors": 0, "latency_ms_sum": 0.0, "buckets": {}}
+    for field, value in raw.items():
+        name = field.decode()
+        if name.startswith("b"):
+            counts["buckets"][int(name[1:])] = int(value)
+        elif name == "latency_ms_sum":
+            counts[name] = float(value)
+        else:
+            counts[name] = int(value)
+    return counts
+
+
+def _upsert(session: Session, table: Any, keys: dict[str, Any], increments: dict[str, Any]) -> None:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    statement = insert(table).values(**keys, **increments)
+    statement = statement.on_conflict_do_update(
+        index_elements=list(keys),
+        set_={column: getattr(table.c, column) + statement.excluded[column] for column in increments},
+    )
+    session.execute(statement)
+
+
+def _write(session: Session, model_id: str, gpu: int, counts: Mapping[str, Any]) -> None:
+    from registry.models import Model
+
+    if session.get(Model, model_id) is None:
+        return  # the model was deleted: its counts go with it
+    _upsert(
+        session,
+        InferenceStats.__table__,
+        {"model_id": model_id, "gpu": gpu},
+        {
+            "requests": counts["requests"],
+            "errors": counts["errors"],
+            "latency_ms_sum": counts["latency_ms_sum"],
+        },
+    )
+    for bucket, count in counts["buckets"].items():
+        _upsert(
+            session,
+            InferenceLatency.__table__,
+            {"model_id": model_id, "gpu": gpu, "bucket": bucket},
+            {"count": count},
+        )
+
+
+def flush(client: redis.Redis, database: Any) -> int:
+    """Move every pending count from Redis into the database; returns how many hashes moved."""
+    moved = 0
+    for key in list(client.scan_iter(SCAN_PATTERN, count=500)):
+        _, _, model_id, gpu = key.decode().split(":")
+        claimed = f"inferq:statsflush:{uuid.uuid4().hex}"
+        try:
+            client.rename(key, claimed)  # atomic: later counts start a new hash
+        except redis.ResponseError:
+            continue  # another flusher took it
+        counts = _parse(client.hgetall(claimed))
+        try:
+            with database.session() as session:
+                _write(session, model_id, int(gpu), counts)
+        except Exception:
+            _give_back(client, key, counts)
+            raise
+        finally:
+            client.delete(claimed)
+        moved += 1
+    return moved
+
+
+def _give_back(client: redis.Redis, key: str | bytes, counts: Mapping[str, Any]) -> None:
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hincrby(key, "requests", counts["requests"])
+        pipe.hincrby(key, "errors", counts["errors"])
+        pipe.hincrbyfloat(key, "latency_ms_sum", counts["latency_ms_sum"])
+        for bucket, count in counts["buckets"].items():
+            pipe.hincrby(key, f"b{bucket}", count)
+        pipe.execute()
+
+
+def _summary(counts: Mapping[str, Any]) -> dict[str, Any]:
+    requests, errors = counts["requests"], counts["errors"]
+    succeeded = requests - errors
+    buckets = counts["buckets"]
+    latency: dict[str, float | None] = {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
+    total = sum(buckets.values())
+    if total:
+        latency["mean"] = round(counts["latency_ms_sum"] / max(succeeded, 1), 3)
+        for p in PERCENTILES:
+            rank, seen = math.ceil(total * p / 100), 0
+            for bucket in sorted(buckets):
+                seen += buckets[bucket]
+                if seen >= rank:
+                    latency[f"p{p}"] = round(BUCKET_BOUNDS_MS[bucket], 3)
+                    break
+    return {
+        "requests": requests,
+        "errors": errors,
+        "error_rate": round(errors / requests, 6) if requests else 0.0,
+        "latency_ms": latency,
+    }
+
+
+def _merge(into: dict[str, Any], counts: Mapping[str, Any]) -> None:
+    for name in ("requests", "errors", "latency_ms_sum"):
+        into[name] += counts[name]
+    for bucket, count in counts["buckets"].items():
+        into["buckets"][bucket] = into["buckets"].get(bucket, 0) + count
+
+
+def _empty() -> dict[str, Any]:
+    return {"requests": 0, "errors": 0, "latency_ms_sum": 0.0, "buckets": {}}
+
+
+def read(session: Session, client: redis.Redis | None, model_id: str, gpus: Iterable[int]) -> dict[str, Any]:
+    """Requests, errors, error rate and latency mean/p50/p95/p99, overall and per GPU."""
+    per_gpu: dict[int, dict[str, Any]] = {}
+    for row in session.scalars(select(InferenceStats).where(InferenceStats.model_id == model_id)):
+        per_gpu[row.gpu] = {
+            "requests": row.requests,
+            "errors": row.errors,
+            "latency_ms_sum": row.latency_ms_sum,
+            "buckets": {},
+        }
+    for row in session.scalars(select(InferenceLatency).where(InferenceLatency.model_id == model_id)):
+        per_gpu.setdefault(row.gpu, _empty())["buckets"][row.bucket] = row.count
+    pending = True
+    if client is not None:
+        try:
+            with client.pipeline(transaction=False) as pipe:
+                gpu_list = sorted(set(gpus) | set(per_gpu))
+                for gpu in gpu_list:
+                    pipe.hgetall(KEY.format(model_id, gpu))
+                for gpu, raw in zip(gpu_list, pipe.execute(), strict=True):
+                    if raw:
+                        _merge(per_gpu.setdefault(gpu, _empty()), _parse(raw))
+        except redis.RedisError as exc:
+            log.warning("pending statistics unavailable: %s", exc)
+            pending = False
+    overall = _empty()
+    for counts in per_gpu.values():
+        _merge(overall, counts)
+    return {
+        **_summary(overall),
+        "gpus": {str(gpu): _summary(per_gpu[gpu]) for gpu in sorted(per_gpu)},
+        "complete": pending,
+    }

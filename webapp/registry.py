@@ -1,0 +1,60 @@
+"""Registry reads through the cache: what the API serves for models, and what inference resolves."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from registry.models import (
+    ModelFilter,
+    get_model,
+    get_model_version,
+    list_models,
+    model_exists,
+    newest_ready_version,
+)
+from webapp import db_session, services
+
+
+def model_by_id(model_id: str) -> dict[str, Any] | None:
+    def load() -> dict[str, Any] | None:
+        model = get_model(db_session(), model_id)
+        return model.as_dict() if model else None
+
+    return services().cache.get(f"id:{model_id}", load)  # type: ignore[no-any-return]
+
+
+def model_by_version(name: str, version: str) -> dict[str, Any] | None:
+    def load() -> dict[str, Any] | None:
+        model = get_model_version(db_session(), name, version)
+        return model.as_dict() if model else None
+
+    return services().cache.get(f"nv:{name}:{version}", load)  # type: ignore[no-any-return]
+
+
+def newest_ready(name: str) -> dict[str, Any]:
+    """``{"model": newest ready version or None, "exists": whether any version of name exists}``."""
+
+    def load() -> dict[str, Any]:
+        model = newest_ready_version(db_session(), name)
+        return {
+            "model": model.as_dict() if model else None,
+            "exists": model is not None or model_exists(db_session(), name),
+        }
+
+    return services().cache.get(f"ready:{name}", load)  # type: ignore[no-any-return]
+
+
+def model_page(query: ModelFilter) -> dict[str, Any]:
+    def load() -> dict[str, Any]:
+        rows, total = list_models(db_session(), query)
+        return {
+            "data": [m.as_dict() for m in rows],
+            "total": total,
+            "limit": query.limit,
+            "offset": query.offset,
+        }
+
+    key = "list:" + json.dumps(dataclasses.asdict(query), sort_keys=True)
+    return services().cache.get(key, load)  # type: ignore[no-any-return]

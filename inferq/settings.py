@@ -67,6 +67,9 @@ class Settings:
     cache_timeout: float = 0.25
     stats_flush_interval: float = 10.0
     cuda_visible_devices: str = ""  # read from CUDA_VISIBLE_DEVICES, for reporting only
+    # For the client commands (inferq models, submit, ...): where the API is, and the key to use.
+    url: str = "http://127.0.0.1:8080"
+    api_key: str = ""
 
     def __post_init__(self) -> None:
         derived = {
@@ -120,7 +123,7 @@ class Settings:
         """These settings as ``INFERQ_*`` variables, for child processes."""
         env: dict[str, str] = {}
         for field in dataclasses.fields(self):
-            if field.name == "cuda_visible_devices":
+            if field.name in ("cuda_visible_devices", "api_key"):
                 continue
             value = getattr(self, field.name)
             if field.name == "gpus":
@@ -136,7 +139,7 @@ class Settings:
         """Effective settings, one per line, secrets masked."""
         lines = []
         for key, value in sorted(self.as_env().items()):
-            if "SECRET" in key:
+            if "SECRET" in key or key == "INFERQ_API_KEY":
                 value = "***"
             lines.append(f"{key}={value}")
         return "\n".join(lines)

@@ -201,6 +201,24 @@ class Stack:
         url = f"http://{s.api_host}:{s.api_port}/healthz"
         process.wait_until(lambda: requests.get(url, timeout=1).ok, 60, "serving")
 
+    def start_beat(self) -> None:
+        """celery beat: schedules the periodic maintenance tasks (statistics flush)."""
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks",
+            "beat",
+            "--loglevel",
+            "INFO",
+            "--schedule",
+            str(self.data_dir / "celerybeat-schedule"),
+        ]
+        self._start(
+            ManagedProcess("beat", argv, env=worker_env(self.settings, None), log_path=self._log("beat"))
+        )
+
     def start_flower(self) -> None:
         s = self.settings
         argv = [
@@ -241,6 +259,7 @@ class Stack:
             self.ensure_tritons()
             self.deploy_models(services)
             self.start_workers()
+            self.start_beat()
             self.start_api()
             self.start_flower()
             return self.dev_key(services)
@@ -260,7 +279,7 @@ class Stack:
 
     def down(self) -> None:
         """Stop everything: clients first (API, Flower, workers), then the servers they use."""
-        clients = [p for p in self.processes if p.name.startswith(("api", "flower", "worker"))]
+        clients = [p for p in self.processes if p.name.startswith(("api", "flower", "worker", "beat"))]
         servers = [p for p in self.processes if p not in clients]
         for group in (clients, servers):
             stop_all(group)

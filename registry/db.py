@@ -52,8 +52,12 @@ class Base(DeclarativeBase):
     """Declarative base of every registry table."""
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for ``url``; SQLite files get WAL and a busy timeout so that API and workers share them."""
+def make_engine(url: str, *, sqlite_foreign_keys: bool = True, **kwargs: Any) -> Engine:
+    """An engine for ``url``; SQLite files get WAL and a busy timeout so that API and workers share them.
+
+    Migrations turn SQLite's foreign keys off: Alembic's batch mode recreates a
+    table to alter it, and dropping the old copy would cascade to its children.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -64,7 +68,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA foreign_keys={'ON' if sqlite_foreign_keys else 'OFF'}")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -176,6 +177,19 @@ class Stack:
     user_key: str
     other_tenant_key: str
 
+    def serve(self) -> Iterator[str]:
+        """Serve the app over real HTTP on a free port (for the CLI and other HTTP clients)."""
+        from werkzeug.serving import make_server
+
+        server = make_server("127.0.0.1", free_port(), self.app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_port}"
+        finally:
+            server.shutdown()
+            thread.join(10)
+
     def client(self) -> Any:
         return self.app.test_client()
 
@@ -218,6 +232,12 @@ def start_workers(settings: Settings, workdir: Path) -> dict[str, ManagedProcess
 
 
 @pytest.fixture(scope="session")
+def api_url(stack: Stack) -> Iterator[str]:
+    """The stack's API over real HTTP."""
+    yield from stack.serve()
+
+
+@pytest.fixture(scope="session")
 def stack(
     workdir: Path, redis_url: str, database_url: str, s3_endpoint: str, triton: TritonServer
 ) -> Iterator[Stack]:
@@ -232,8 +252,9 @@ def stack(
     services.store.ensure_bucket()
     with services.db.session() as session:
         for model in register_repository(session, Path(settings.model_repository)):
-            deploy(session, model, settings.gpus, services.triton)
-            assert model.status == "ready", model.status_message
+            if model.name == "digits":  # the others stay unloaded for the deploy tests
+                deploy(session, model, settings.gpus, services.triton)
+                assert model.status == "ready", model.status_message
         _, admin_key = create_key(session, "acme", admin=True)
         _, user_key = create_key(session, "acme")
         _, other_key = create_key(session, "globex")

@@ -45,7 +45,7 @@ def check_triton() -> dict[str, Any]:
     for gpu in settings.gpus:
         url = settings.triton_urls[gpu]
         try:
-            ready = services().triton(gpu).is_ready()
+            ready = services().triton(gpu).is_live()
             gpus[str(gpu)] = {"status": "ok" if ready else "fail", "url": url}
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             gpus[str(gpu)] = {"status": "fail", "url": url, "error": str(exc)}

@@ -97,8 +97,16 @@ class TritonEndpoint:
                 client.close()
 
     def is_ready(self) -> bool:
-        """Triton's server readiness (``/v2/health/ready``)."""
+        """Triton's server readiness (``/v2/health/ready``): false while any loaded model is unavailable."""
         return bool(self._call("is_server_ready"))
+
+    def is_live(self) -> bool:
+        """Triton's liveness (``/v2/health/live``): the server answers and can serve its ready models.
+
+        Under Triton's default strict readiness one failed model load makes the
+        whole server "not ready", so health checks of a GPU use liveness.
+        """
+        return bool(self._call("is_server_live"))
 
     def model_ready(self, name: str, version: str = "") -> bool:
         return bool(self._call("is_model_ready", name, version))

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -193,7 +194,7 @@ def models_register(settings: Settings, path: Any, model_dir: str | None, labels
     for body in bodies:
         if extra:
             body["labels"] = {**body.get("labels", {}), **extra}
-        model = run_client(lambda body=body: api(settings).post("/v1/models", body))
+        model = run_client(partial(api(settings).post, "/v1/models", body))
         click.echo(f"registered {model['name']}:{model['version']} as {model['id']}")
 
 

@@ -67,5 +67,5 @@ class Client:
         """A model by id, or by ``name:version``."""
         if ":" in ref:
             name, version = ref.split(":", 1)
-            return self.get(f"/v1/models/by-name/{name}/{version}")  # type: ignore[no-any-return]
-        return self.get(f"/v1/models/{ref}")  # type: ignore[no-any-return]
+            return dict(self.get(f"/v1/models/by-name/{name}/{version}"))
+        return dict(self.get(f"/v1/models/{ref}"))

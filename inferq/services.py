@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import threading
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from inferq.settings import Settings
 
 if TYPE_CHECKING:
-    import redis
-
     from registry.cache import RegistryCache
     from registry.db import Database
     from workers.storage import ObjectStore
@@ -35,7 +33,7 @@ class Services:
         return Database(self.settings.database_url)
 
     @cached_property
-    def redis(self) -> redis.Redis:
+    def redis(self) -> Any:
         """Redis for short commands: short timeouts so that an outage degrades, never hangs."""
         import redis
 
@@ -47,7 +45,7 @@ class Services:
         )
 
     @cached_property
-    def blocking_redis(self) -> redis.Redis:
+    def blocking_redis(self) -> Any:
         """Redis for blocking waits (BLPOP), whose socket timeout must outlast the wait."""
         import redis
 

@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
@@ -31,6 +32,10 @@ from inferq.services import Services
 from inferq.settings import CONTROL_QUEUE, Settings, gpu_queue
 
 DEV_TENANT = "dev"
+
+
+def http_ok(url: str) -> bool:
+    return requests.get(url, timeout=1).ok
 
 
 def worker_argv(queue: str, concurrency: int, name: str) -> list[str]:
@@ -142,7 +147,7 @@ class Stack:
                     )
                 )
                 health = f"{url.rstrip('/')}/v2/health/ready"
-                process.wait_until(lambda h=health: requests.get(h, timeout=1).ok, 120, "ready")
+                process.wait_until(partial(http_ok, health), 120, "ready")
             self.say(f"triton     {url} for gpu {', '.join(map(str, gpus))}")
 
     def deploy_models(self, services: Services) -> None:

@@ -96,7 +96,9 @@ def parse_specs(raw: Any, pointer: str) -> tuple[list[TensorSpec], list[Problem]
         if not isinstance(item, dict):
             problems.append(Problem(where, "must be an object with name, datatype and shape"))
             continue
-        name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
+        name: Any = item.get("name")
+        datatype: Any = item.get("datatype")
+        shape: Any = item.get("shape")
         ok = True
         if not isinstance(name, str) or not name:
             problems.append(Problem(f"{where}/name", "must be a non-empty string"))
@@ -193,7 +195,7 @@ def check_inference_request(
 def _check_tensor(tensor: Mapping[str, Any], spec: TensorSpec, where: str) -> CheckedTensor | list[Problem]:
     name = spec.name
     datatype = tensor.get("datatype")
-    shape = tensor.get("shape")
+    shape: Any = tensor.get("shape")
     problems = []
     if datatype != spec.datatype:
         problems.append(

@@ -89,11 +89,10 @@ def _parse(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
 
 
 def _upsert(session: Session, table: Any, keys: dict[str, Any], increments: dict[str, Any]) -> None:
+    from sqlalchemy.dialects import postgresql, sqlite
+
     dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = insert(table).values(**keys, **increments)
     statement = statement.on_conflict_do_update(
         index_elements=list(keys),
@@ -136,7 +135,7 @@ def flush(client: redis.Redis, database: Any) -> int:
             client.rename(key, claimed)  # atomic: later counts start a new hash
         except redis.ResponseError:
             continue  # another flusher took it
-        counts = _parse(client.hgetall(claimed))
+        counts = _parse(client.hgetall(claimed))  # type: ignore[arg-type]
         try:
             with database.session() as session:
                 _write(session, model_id, int(gpu), counts)
@@ -203,8 +202,8 @@ def read(session: Session, client: redis.Redis | None, model_id: str, gpus: Iter
             "latency_ms_sum": row.latency_ms_sum,
             "buckets": {},
         }
-    for row in session.scalars(select(InferenceLatency).where(InferenceLatency.model_id == model_id)):
-        per_gpu.setdefault(row.gpu, _empty())["buckets"][row.bucket] = row.count
+    for bucket in session.scalars(select(InferenceLatency).where(InferenceLatency.model_id == model_id)):
+        per_gpu.setdefault(bucket.gpu, _empty())["buckets"][bucket.bucket] = bucket.count
     pending = True
     if client is not None:
         try:

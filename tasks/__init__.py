@@ -17,7 +17,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     app = Celery("inferq", set_as_current=False)
     app.conf.update(celeryconfig.celery_settings(settings))
     app.conf.include = list(TASK_MODULES)
-    app.inferq_settings = settings  # type: ignore[attr-defined]
+    app.inferq_settings = settings
     return app
 
 

@@ -35,10 +35,8 @@ def record_task(
     """Remember that ``tenant`` owns ``task_id`` (and stash a large payload) for ``ttl`` seconds."""
     try:
         with client.pipeline(transaction=False) as pipe:
-            pipe.hset(
-                OWNER_KEY.format(task_id),
-                mapping={"tenant": tenant, "created": f"{time.time():.3f}", **fields},
-            )
+            record: dict[Any, Any] = {"tenant": tenant, "created": f"{time.time():.3f}", **fields}
+            pipe.hset(OWNER_KEY.format(task_id), mapping=record)
             pipe.expire(OWNER_KEY.format(task_id), ttl)
             if payload is not None:
                 pipe.set(PAYLOAD_KEY.format(task_id), payload, ex=ttl)
@@ -50,7 +48,7 @@ def record_task(
 def task_record(client: redis.Redis, task_id: str) -> dict[str, str] | None:
     """The ownership record of a task, or None when unknown or expired."""
     try:
-        raw = client.hgetall(OWNER_KEY.format(task_id))
+        raw: dict[bytes, bytes] = client.hgetall(OWNER_KEY.format(task_id))  # type: ignore[assignment]
     except redis.RedisError as exc:
         raise BookkeepingUnavailable(str(exc)) from exc
     return {k.decode(): v.decode() for k, v in raw.items()} or None

@@ -16,5 +16,5 @@ def services_for(app: Celery) -> Services:
     key = (os.getpid(), id(app))
     services = _services.get(key)
     if services is None:
-        services = _services[key] = Services(app.inferq_settings)  # type: ignore[attr-defined]
+        services = _services[key] = Services(app.inferq_settings)
     return services

@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
 def services() -> Services:
     """The current app's :class:`Services`."""
-    return current_app.extensions["inferq"]  # type: ignore[no-any-return]
+    return current_app.extensions["inferq"]
 
 
 def celery_app() -> Any:

@@ -40,7 +40,7 @@ def authenticate_request() -> None:
 
 
 def current_principal() -> Principal:
-    return g.principal  # type: ignore[no-any-return]
+    return g.principal
 
 
 def admin_required(view: F) -> F:

@@ -22,7 +22,7 @@ def model_by_id(model_id: str) -> dict[str, Any] | None:
         model = get_model(db_session(), model_id)
         return model.as_dict() if model else None
 
-    return services().cache.get(f"id:{model_id}", load)  # type: ignore[no-any-return]
+    return services().cache.get(f"id:{model_id}", load)
 
 
 def model_by_version(name: str, version: str) -> dict[str, Any] | None:
@@ -30,7 +30,7 @@ def model_by_version(name: str, version: str) -> dict[str, Any] | None:
         model = get_model_version(db_session(), name, version)
         return model.as_dict() if model else None
 
-    return services().cache.get(f"nv:{name}:{version}", load)  # type: ignore[no-any-return]
+    return services().cache.get(f"nv:{name}:{version}", load)
 
 
 def newest_ready(name: str) -> dict[str, Any]:
@@ -43,7 +43,7 @@ def newest_ready(name: str) -> dict[str, Any]:
             "exists": model is not None or model_exists(db_session(), name),
         }
 
-    return services().cache.get(f"ready:{name}", load)  # type: ignore[no-any-return]
+    return services().cache.get(f"ready:{name}", load)
 
 
 def model_page(query: ModelFilter) -> dict[str, Any]:
@@ -57,4 +57,4 @@ def model_page(query: ModelFilter) -> dict[str, Any]:
         }
 
     key = "list:" + json.dumps(dataclasses.asdict(query), sort_keys=True)
-    return services().cache.get(key, load)  # type: ignore[no-any-return]
+    return services().cache.get(key, load)

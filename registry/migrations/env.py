@@ -21,7 +21,7 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    engine = make_engine(config.get_main_option("sqlalchemy.url"), sqlite_foreign_keys=False)
+    engine = make_engine(config.get_main_option("sqlalchemy.url") or "", sqlite_foreign_keys=False)
     try:
         with engine.connect() as connection:
             # render_as_batch lets ALTERs work on SQLite too.

@@ -25,7 +25,11 @@ from sklearn.datasets import load_digits
 
 def body(rows: int) -> dict[str, Any]:
     data = load_digits().data[:rows].astype(np.float32)
-    return {"inputs": [{"name": "input", "shape": [rows, 64], "datatype": "FP32", "data": data.reshape(-1).tolist()}]}
+    return {
+        "inputs": [
+            {"name": "input", "shape": [rows, 64], "datatype": "FP32", "data": data.reshape(-1).tolist()}
+        ]
+    }
 
 
 def run(send: Callable[[requests.Session], None], count: int, concurrency: int) -> dict[str, float]:
@@ -65,8 +69,12 @@ def main() -> None:
         payload = body(rows)
 
         def via_inferq(session: requests.Session, payload: dict[str, Any] = payload) -> None:
-            r = session.post(f"{args.url}/v1/models/digits/infer", json=payload,
-                             headers={"Authorization": f"Bearer {args.key}"}, timeout=30)
+            r = session.post(
+                f"{args.url}/v1/models/digits/infer",
+                json=payload,
+                headers={"Authorization": f"Bearer {args.key}"},
+                timeout=30,
+            )
             assert r.status_code == 200, r.text
 
         def via_triton(session: requests.Session, payload: dict[str, Any] = payload) -> None:
@@ -76,8 +84,11 @@ def main() -> None:
         for concurrency in args.concurrency:
             for label, send in (("Triton direct", via_triton), ("inferq", via_inferq)):
                 figures = run(send, args.requests, concurrency)
-                print(f"| {rows} | {concurrency} | {label} | {figures['p50']:.1f} | {figures['p95']:.1f} | "
-                      f"{figures['p99']:.1f} | {figures['rps']:.0f} |", flush=True)
+                print(
+                    f"| {rows} | {concurrency} | {label} | {figures['p50']:.1f} | {figures['p95']:.1f} | "
+                    f"{figures['p99']:.1f} | {figures['rps']:.0f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

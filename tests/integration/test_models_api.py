@@ -49,6 +49,8 @@ def test_create_get_and_get_by_name(stack: Stack) -> None:
     by_id = stack.client().get(f"/v1/models/{created['id']}", headers=stack.auth()).get_json()
     by_name = stack.client().get(f"/v1/models/by-name/{name}/1", headers=stack.auth()).get_json()
     assert by_id == by_name == created
+    missing = stack.client().get(f"/v1/models/by-name/{name}/2", headers=stack.auth())
+    assert missing.status_code == 404 and missing.get_json()["detail"] == f"no model {name!r} version '2'"
 
 
 def test_triton_name_and_framework_default(stack: Stack) -> None:

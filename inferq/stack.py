@@ -38,14 +38,14 @@ def http_ok(url: str) -> bool:
     return requests.get(url, timeout=1).ok
 
 
+def celery_argv(*args: str) -> list[str]:
+    """``celery -A tasks ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "celery", "-A", "tasks", *args]
+
+
 def worker_argv(queue: str, concurrency: int, name: str) -> list[str]:
     """The celery command line of a worker consuming only ``queue``."""
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "tasks",
+    return celery_argv(
         "worker",
         "-Q",
         queue,
@@ -56,7 +56,7 @@ def worker_argv(queue: str, concurrency: int, name: str) -> list[str]:
         "--loglevel",
         "INFO",
         "-E",
-    ]
+    )
 
 
 def worker_env(settings: Settings, gpu: int | None) -> dict[str, str]:
@@ -204,39 +204,22 @@ class Stack:
         ]
         process = self._start(ManagedProcess("api", argv, env=worker_env(s, None), log_path=self._log("api")))
         url = f"http://{s.api_host}:{s.api_port}/healthz"
-        process.wait_until(lambda: requests.get(url, timeout=1).ok, 60, "serving")
+        process.wait_until(partial(http_ok, url), 60, "serving")
 
     def start_beat(self) -> None:
         """celery beat: schedules the periodic maintenance tasks (statistics flush)."""
-        argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tasks",
-            "beat",
-            "--loglevel",
-            "INFO",
-            "--schedule",
-            str(self.data_dir / "celerybeat-schedule"),
-        ]
+        argv = celery_argv(
+            "beat", "--loglevel", "INFO", "--schedule", str(self.data_dir / "celerybeat-schedule")
+        )
         self._start(
             ManagedProcess("beat", argv, env=worker_env(self.settings, None), log_path=self._log("beat"))
         )
 
     def start_flower(self) -> None:
-        s = self.settings
-        argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tasks",
-            "flower",
-            "--address=127.0.0.1",
-            f"--port={s.flower_port}",
-        ]
-        self._start(ManagedProcess("flower", argv, env=worker_env(s, None), log_path=self._log("flower")))
+        argv = celery_argv("flower", "--address=127.0.0.1", f"--port={self.settings.flower_port}")
+        self._start(
+            ManagedProcess("flower", argv, env=worker_env(self.settings, None), log_path=self._log("flower"))
+        )
 
     def dev_key(self, services: Services) -> str:
         """The development admin key: the one saved in the data dir if still valid, else a new one."""

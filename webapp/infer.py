@@ -129,10 +129,12 @@ def infer(name: str, version: str | None = None) -> Any:
     }
     encoded_inputs = [tensor.as_dict() for tensor in inputs]
     stash = None
-    encoded = json.dumps(encoded_inputs, separators=(",", ":")).encode()
-    if len(encoded) > settings.inline_payload_max:
-        stash = encoded  # the task message carries a reference, not megabytes of tensors
-    else:
+    # A JSON number takes at most ~24 bytes: only encode to measure when the inputs may be large.
+    if sum(len(t.data) for t in inputs) * 24 > settings.inline_payload_max:
+        encoded = json.dumps(encoded_inputs, separators=(",", ":")).encode()
+        if len(encoded) > settings.inline_payload_max:
+            stash = encoded  # the task message carries a reference, not megabytes of tensors
+    if stash is None:
         message["inputs"] = encoded_inputs
     try:
         record_task(

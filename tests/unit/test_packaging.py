@@ -1,4 +1,4 @@
-"""The installed package (as the Docker image gets it, not an editable checkout) carries every module it needs."""
+"""The built package (what the Docker image installs) carries every module it needs."""
 
 from __future__ import annotations
 

@@ -68,12 +68,15 @@ def load_payload(client: redis.Redis, task_id: str) -> Any:
     return json.loads(raw)
 
 
-def publish_outcome(client: redis.Redis, task_id: str, outcome: dict[str, Any]) -> None:
-    """Wake the request waiting for ``task_id`` (if any) with its outcome."""
-    key = OUTCOME_KEY.format(task_id)
+def finish_task(client: redis.Redis, task_id: str, queue: str, outcome: dict[str, Any] | None) -> None:
+    """One round trip when a task attempt ends: its GPU's in-flight count goes down and,
+    when the task is done (``outcome`` given), the request waiting for it wakes up."""
     with client.pipeline(transaction=False) as pipe:
-        pipe.rpush(key, json.dumps(outcome, separators=(",", ":")))
-        pipe.expire(key, OUTCOME_TTL)
+        pipe.decr(INFLIGHT_KEY.format(queue))
+        if outcome is not None:
+            key = OUTCOME_KEY.format(task_id)
+            pipe.rpush(key, json.dumps(outcome, separators=(",", ":")))
+            pipe.expire(key, OUTCOME_TTL)
         pipe.execute()
 
 

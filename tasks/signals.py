@@ -10,7 +10,7 @@ from celery import Task, states
 from celery.signals import task_postrun, task_prerun
 
 from tasks.infer import INFER_TASK
-from tasks.outcomes import INFLIGHT_KEY, describe_error, publish_outcome
+from tasks.outcomes import INFLIGHT_KEY, describe_error, finish_task
 from tasks.runtime import services_for
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,12 @@ def _count_end_and_wake(
 ) -> None:
     if sender is None or sender.name != INFER_TASK:
         return
-    client = services_for(sender.app).redis
+    outcome = None
+    if state == states.SUCCESS:
+        outcome = {"state": state, "result": retval}
+    elif state == states.FAILURE:
+        outcome = {"state": state, "error": describe_error(retval)}
     try:
-        client.decr(INFLIGHT_KEY.format(_queue(sender)))
-        if state == states.SUCCESS:
-            publish_outcome(client, task_id, {"state": state, "result": retval})
-        elif state == states.FAILURE:
-            publish_outcome(client, task_id, {"state": state, "error": describe_error(retval)})
+        finish_task(services_for(sender.app).redis, task_id, _queue(sender), outcome)
     except redis.RedisError as exc:  # the result is in the backend; the waiter falls back to 202
         log.warning("task %s: waiting request not woken: %s", task_id, exc)

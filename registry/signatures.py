@@ -225,7 +225,9 @@ def _check_tensor(tensor: Mapping[str, Any], spec: TensorSpec, where: str) -> Ch
     except ValueError:
         return [Problem(f"{where}/data", f"input {name!r}: data is a ragged nested list")]
     if array.dtype == object:
-        return [Problem(f"{where}/data", f"input {name!r}: data is a ragged or mixed-type list")]
+        return [
+            Problem(f"{where}/data", f"input {name!r}: data is a ragged, mixed-type or out-of-range list")
+        ]
     expected = math.prod(shape)
     if array.size != expected:
         return [
@@ -241,8 +243,13 @@ def _check_tensor(tensor: Mapping[str, Any], spec: TensorSpec, where: str) -> Ch
                 f"input {name!r}: data holds {_kind_name(array.dtype.kind)} values, not {spec.datatype}",
             )
         ]
-    if spec.datatype.startswith(("FP", "INT", "UINT")) and array.size and not np.all(np.isfinite(array)):
-        return [Problem(f"{where}/data", f"input {name!r}: data holds NaN or infinite values")]
+    if spec.datatype.startswith(("FP", "INT", "UINT")) and array.size:
+        if not np.all(np.isfinite(array)):
+            return [Problem(f"{where}/data", f"input {name!r}: data holds NaN or infinite values")]
+        target = np.dtype(NUMPY_DTYPES[spec.datatype])
+        limits = np.finfo(target) if target.kind == "f" else np.iinfo(target)
+        if array.min() < limits.min or array.max() > limits.max:
+            return [Problem(f"{where}/data", f"input {name!r}: values out of the range of {spec.datatype}")]
     flat = array.reshape(-1).tolist() if array.ndim != 1 else data
     return CheckedTensor(name, spec.datatype, tuple(shape), flat)
 

@@ -51,6 +51,8 @@ def test_valid_request_is_flattened() -> None:
         (body(x(data=["a", "b", "c", "d"]), mask()), "/inputs/0/data", "string values, not FP32"),
         (body(x(data=[1, 2, 3, float("nan")]), mask()), "/inputs/0/data", "NaN"),
         (body(x(data="1,2,3,4"), mask()), "/inputs/0/data", "must be a list"),
+        (body(x(data=[1, 2, 3, 1e39]), mask()), "/inputs/0/data", "out of the range of FP32"),
+        (body(x(data=[1, 2, 3, 10**30]), mask()), "/inputs/0/data", "out-of-range"),
         (body(x(), mask(data=[1])), "/inputs/1/data", "integer values, not BOOL"),
         (body(x(), mask(), outputs=[{"name": "logits"}]), "/outputs/0/name", "unknown output 'logits'"),
         ({"inputs": "x"}, "/inputs", "non-empty list"),
@@ -71,6 +73,10 @@ def test_integers_are_accepted_for_floats_but_floats_not_for_integers() -> None:
         {"inputs": [{"name": "n", "shape": [2], "datatype": "INT32", "data": [1.5, 2]}]}, spec, []
     )
     assert ok[2] == [] and "floating-point values, not INT32" in bad[2][0].detail
+    big = check_inference_request(
+        {"inputs": [{"name": "n", "shape": [2], "datatype": "INT32", "data": [1, 2**31]}]}, spec, []
+    )
+    assert "out of the range of INT32" in big[2][0].detail
 
 
 @pytest.mark.parametrize(

@@ -63,6 +63,8 @@ class Settings:
     visibility_timeout: int = 900
     worker_concurrency: int = 2
     health_timeout: float = 2.0
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 30.0
     cache_ttl: int = 900
     cache_timeout: float = 0.25
     stats_flush_interval: float = 10.0

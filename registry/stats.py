@@ -59,17 +59,22 @@ def bucket_of(latency_ms: float) -> int:
     return min(bisect.bisect_left(BUCKET_BOUNDS_MS, latency_ms), len(BUCKET_BOUNDS_MS) - 1)
 
 
-def record(client: redis.Redis, model_id: str, gpu: int, latency_ms: float, ok: bool) -> None:
-    """Count one inference on the hot path (one pipelined round trip); never raises."""
+def add_inference(pipe: Any, model_id: str, gpu: int, latency_ms: float, ok: bool) -> None:
+    """Queue the counts of one inference on a Redis pipeline (the caller executes it)."""
     key = KEY.format(model_id, gpu)
+    pipe.hincrby(key, "requests", 1)
+    if ok:
+        pipe.hincrbyfloat(key, "latency_ms_sum", latency_ms)
+        pipe.hincrby(key, f"b{bucket_of(latency_ms)}", 1)
+    else:
+        pipe.hincrby(key, "errors", 1)
+
+
+def record(client: redis.Redis, model_id: str, gpu: int, latency_ms: float, ok: bool) -> None:
+    """Count one inference (one pipelined round trip); never raises."""
     try:
         with client.pipeline(transaction=False) as pipe:
-            pipe.hincrby(key, "requests", 1)
-            if ok:
-                pipe.hincrbyfloat(key, "latency_ms_sum", latency_ms)
-                pipe.hincrby(key, f"b{bucket_of(latency_ms)}", 1)
-            else:
-                pipe.hincrby(key, "errors", 1)
+            add_inference(pipe, model_id, gpu, latency_ms, ok)
             pipe.execute()
     except redis.RedisError as exc:
         log.warning("statistics of model %s not recorded: %s", model_id, exc)

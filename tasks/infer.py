@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
+import redis
 from celery import Task, shared_task
 
 from inferq.services import Services
 from inferq.settings import gpu_of_queue
 from registry import stats
+from tasks import breaker
 from tasks.outcomes import load_payload
 from tasks.runtime import services_for
 from workers.triton import TritonError, TritonUnavailable
 
 INFER_TASK = "inferq.infer"
+log = logging.getLogger(__name__)
 
 
 class InferenceFailed(Exception):
@@ -27,6 +31,26 @@ class InferenceFailed(Exception):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
+
+
+def note_attempt(
+    services: Services, model_id: str, gpu: int, latency_ms: float, ok: bool, reachable: bool
+) -> None:
+    """Statistics and the GPU's breaker for one attempt, in one Redis round trip; never raises.
+
+    Only an unreachable Triton counts against the breaker: a request Triton refused
+    says nothing about the GPU's health.
+    """
+    policy = breaker.BreakerPolicy(services.settings.breaker_threshold, services.settings.breaker_cooldown)
+    try:
+        with services.redis.pipeline(transaction=False) as pipe:
+            stats.add_inference(pipe, model_id, gpu, latency_ms, ok)
+            breaker.add_outcome(pipe, gpu, reachable, policy)
+            replies = pipe.execute()
+        if not reachable and breaker.open_if_tripped(services.redis, gpu, int(replies[-2]), policy):
+            log.warning("gpu %s: Triton unreachable %s times in a row; breaker open", gpu, replies[-2])
+    except redis.RedisError as exc:
+        log.warning("gpu %s: statistics and breaker not updated: %s", gpu, exc)
 
 
 def run_inference(services: Services, request: dict[str, Any], gpu: int, task_id: str) -> dict[str, Any]:
@@ -43,11 +67,14 @@ def run_inference(services: Services, request: dict[str, Any], gpu: int, task_id
             version=request.get("triton_version", ""),
             request_id=request.get("id") or task_id,
         )
+    except TritonUnavailable:
+        note_attempt(services, request["model_id"], gpu, 0.0, ok=False, reachable=False)
+        raise
     except TritonError:
-        stats.record(services.redis, request["model_id"], gpu, 0.0, ok=False)
+        note_attempt(services, request["model_id"], gpu, 0.0, ok=False, reachable=True)
         raise
     latency_ms = (time.perf_counter() - started) * 1000
-    stats.record(services.redis, request["model_id"], gpu, latency_ms, ok=True)
+    note_attempt(services, request["model_id"], gpu, latency_ms, ok=True, reachable=True)
     return {
         "model_name": request["model_name"],
         "model_version": request["model_version"],

@@ -115,7 +115,10 @@ def infer(name: str, version: str | None = None) -> Any:
     try:
         gpu = route_request(redis, ready_gpus(model), settings.gpus)
     except NoRoute as exc:
-        raise ApiError(503, "no-gpu-available", "No GPU can serve this model", str(exc)) from None
+        retry = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after is not None else {}
+        raise ApiError(
+            503, "no-gpu-available", "No GPU can serve this model", str(exc), headers=retry
+        ) from None
 
     task_id = uuid.uuid4().hex
     message: dict[str, Any] = {

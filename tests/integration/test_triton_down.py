@@ -1,4 +1,4 @@
-"""Triton unreachable on a GPU: the task retries with back-off, then fails cleanly as backend_unavailable."""
+"""Triton unreachable on a GPU: retries with back-off, a clean failure, then the GPU's breaker opens."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tests.fixtures import Stack, wait_for_workers
 pytestmark = pytest.mark.integration
 
 
-def test_dead_triton_gives_503_and_a_failed_task(stack: Stack, tmp_path: Path) -> None:
+def test_dead_triton_gives_503_a_failed_task_then_an_open_breaker(stack: Stack, tmp_path: Path) -> None:
     from webapp import create_app
 
     # A third simulated GPU whose Triton is a port nobody listens on, with its own real worker.
@@ -25,6 +25,8 @@ def test_dead_triton_gives_503_and_a_failed_task(stack: Stack, tmp_path: Path) -
         stack.settings,
         gpus=(0, 1, 2),
         triton_urls={**stack.settings.triton_urls, 2: f"http://127.0.0.1:{free_port()}"},
+        breaker_threshold=4,  # one request's four attempts trip it
+        breaker_cooldown=60,
     )
     worker = ManagedProcess(
         "worker-gpu2",
@@ -61,6 +63,19 @@ def test_dead_triton_gives_503_and_a_failed_task(stack: Stack, tmp_path: Path) -
         assert task["status"] == "failed" and task["error"]["code"] == "backend_unavailable"
         log = worker.log_tail(200)
         assert log.count("Retry in") == 3, log  # three retries, then the failure
+        assert "breaker open" in log
+
+        # The breaker is shared through Redis: the API now fails fast, queueing nothing.
+        before = sum(1 for _ in stack.services.redis.scan_iter("inferq:task:*"))
+        response = client.post(f"/v1/models/{name}/infer?timeout=30", json=body, headers=stack.auth())
+        assert response.status_code == 503 and response.get_json()["type"].endswith("no-gpu-available")
+        assert "breakers open" in response.get_json()["detail"]
+        assert 50 <= int(response.headers["Retry-After"]) <= 60
+        assert sum(1 for _ in stack.services.redis.scan_iter("inferq:task:*")) == before
+
+        # The healthy GPUs of other models are not affected.
+        digits = client.post("/v1/models/digits/infer", json=body, headers=stack.auth())
+        assert digits.status_code == 200 and digits.get_json()["parameters"]["gpu"] in (0, 1)
     finally:
         worker.stop()
         app.extensions["inferq"].close()

@@ -4,21 +4,32 @@ import random
 
 import pytest
 
-from tasks.routing import NoRoute, choose_gpu, route_request
+from tasks.breaker import BreakerPolicy, open_for, open_if_tripped
+from tasks.routing import GpuState, NoRoute, choose_gpu, route_request
 
 
 def test_least_loaded_gpu_wins() -> None:
-    assert choose_gpu([0, 1, 2], {0: 5, 1: 1, 2: 3}) == 1
+    assert choose_gpu([0, 1, 2], {0: GpuState(5), 1: GpuState(1), 2: GpuState(3)}) == 1
 
 
 def test_ties_are_shared() -> None:
     rng = random.Random(1)
-    picks = {choose_gpu([0, 1], {0: 2, 1: 2}, rng) for _ in range(50)}
+    picks = {choose_gpu([0, 1], {0: GpuState(2), 1: GpuState(2)}, rng) for _ in range(50)}
     assert picks == {0, 1}
 
 
-def test_unknown_load_counts_as_idle() -> None:
-    assert choose_gpu([0, 1], {0: 1}) == 1
+def test_unknown_state_counts_as_idle_and_closed() -> None:
+    assert choose_gpu([0, 1], {0: GpuState(1)}) == 1
+
+
+def test_an_open_breaker_drains_its_gpu_even_when_idle() -> None:
+    assert choose_gpu([0, 1], {0: GpuState(0, open_for=12.0), 1: GpuState(40)}) == 1
+
+
+def test_all_breakers_open_fails_fast_with_the_shortest_wait() -> None:
+    with pytest.raises(NoRoute) as error:
+        choose_gpu([0, 1], {0: GpuState(0, open_for=12.0), 1: GpuState(0, open_for=3.0)})
+    assert error.value.retry_after == 3.0 and "breakers open" in str(error.value)
 
 
 def test_no_candidates() -> None:
@@ -27,7 +38,23 @@ def test_no_candidates() -> None:
 
 
 def test_only_configured_ready_gpus_are_candidates() -> None:
-    # One candidate left: no Redis round trip is needed (client unused).
-    assert route_request(None, ready_gpus=[1, 7], configured_gpus=[0, 1]) == 1  # type: ignore[arg-type]
     with pytest.raises(NoRoute):
         route_request(None, ready_gpus=[7], configured_gpus=[0, 1])  # type: ignore[arg-type]
+
+
+class FakeHash:
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    def hset(self, key: str, field: str, value: str) -> None:
+        self.values[field] = value
+
+
+def test_breaker_opens_at_the_threshold_for_the_cooldown() -> None:
+    policy = BreakerPolicy(threshold=3, cooldown=30)
+    client = FakeHash()
+    assert not open_if_tripped(client, 0, 2, policy, now=1000.0)
+    assert open_if_tripped(client, 0, 3, policy, now=1000.0)
+    assert open_for(client.values["open_until"], now=1010.0) == pytest.approx(20.0)
+    assert open_for(client.values["open_until"], now=1031.0) == 0.0  # half-open: traffic flows again
+    assert open_for(None) == 0.0

@@ -64,8 +64,11 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--tenant", required=True, help="Tenant the key belongs to.")
 @click.option("--admin", is_flag=True, help="Allow registry writes.")
+@click.option(
+    "--rate-limit", default=None, help="Requests allowed, e.g. 1000/minute (default INFERQ_RATE_LIMIT)."
+)
 @click.pass_obj
-def keys_create(settings: Settings, tenant: str, admin: bool) -> None:
+def keys_create(settings: Settings, tenant: str, admin: bool, rate_limit: str | None) -> None:
     """Create a key; the key is printed alone on the last line (only its hash is stored)."""
     from registry.apikeys import create_key
     from registry.db import Database
@@ -73,9 +76,10 @@ def keys_create(settings: Settings, tenant: str, admin: bool) -> None:
     database = Database(settings.database_url)
     try:
         with database.session() as session:
-            row, key = create_key(session, tenant, admin=admin)
+            row, key = create_key(session, tenant, admin=admin, rate_limit=rate_limit)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--tenant") from None
+        hint = "--rate-limit" if "rate" in str(exc) else "--tenant"
+        raise click.BadParameter(str(exc), param_hint=hint) from None
     finally:
         database.dispose()
     click.echo(

@@ -15,6 +15,7 @@ from inferq.settings import Settings
 if TYPE_CHECKING:
     from registry.cache import RegistryCache
     from registry.db import Database
+    from webapp.ratelimit import KeyRateLimiter
     from workers.storage import ObjectStore
     from workers.triton import TritonEndpoint
 
@@ -68,6 +69,13 @@ class Services:
             socket_connect_timeout=self.settings.cache_timeout,
         )
         return RegistryCache(client, self.settings.cache_ttl)
+
+    @cached_property
+    def rate_limiter(self) -> KeyRateLimiter:
+        from webapp.ratelimit import KeyRateLimiter
+
+        s = self.settings
+        return KeyRateLimiter(s.redis_url, s.rate_limit, s.cache_timeout)
 
     @cached_property
     def store(self) -> ObjectStore:

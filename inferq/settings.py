@@ -63,6 +63,7 @@ class Settings:
     visibility_timeout: int = 900
     worker_concurrency: int = 2
     health_timeout: float = 2.0
+    rate_limit: str = "100/minute"  # per API key unless the key has its own; empty: no limit
     breaker_threshold: int = 5
     breaker_cooldown: float = 30.0
     cache_ttl: int = 900

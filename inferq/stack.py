@@ -32,6 +32,7 @@ from inferq.services import Services
 from inferq.settings import CONTROL_QUEUE, Settings, gpu_queue
 
 DEV_TENANT = "dev"
+DEV_RATE_LIMIT = "100000/minute"
 
 
 def http_ok(url: str) -> bool:
@@ -229,7 +230,8 @@ class Stack:
         with services.db.session() as session:
             if path.exists() and key_is_valid(session, path.read_text().strip()):
                 return path.read_text().strip()
-            _, key = create_key(session, DEV_TENANT, admin=True)
+            # High enough for benchmarks and load tests on the local stack.
+            _, key = create_key(session, DEV_TENANT, admin=True, rate_limit=DEV_RATE_LIMIT)
         path.write_text(key + "\n")
         path.chmod(0o600)
         return key

@@ -25,6 +25,8 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
     admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Requests allowed to this key, e.g. "1000/minute"; None: the platform default (INFERQ_RATE_LIMIT).
+    rate_limit: Mapped[str | None] = mapped_column(String(32), nullable=True, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, default=None)
 
@@ -36,6 +38,7 @@ class Principal:
     tenant: str
     admin: bool
     key_id: str
+    rate_limit: str | None = None
 
 
 def hash_key(key: str) -> str:
@@ -43,12 +46,27 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(session: Session, tenant: str, admin: bool = False) -> tuple[ApiKey, str]:
+def check_rate_limit(text: str) -> str:
+    """A rate such as ``100/minute`` or ``10/second`` (the ``limits`` notation), or ValueError."""
+    from limits import parse_many
+
+    try:
+        parse_many(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a rate such as 100/minute") from None
+    return text
+
+
+def create_key(
+    session: Session, tenant: str, admin: bool = False, rate_limit: str | None = None
+) -> tuple[ApiKey, str]:
     """Create a key for ``tenant``; returns the row and the key, which is not stored."""
     if not tenant or len(tenant) > 128:
         raise ValueError("a tenant name of 1 to 128 characters is required")
+    if rate_limit is not None:
+        check_rate_limit(rate_limit)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = ApiKey(tenant=tenant, key_hash=hash_key(key), prefix=key[:8], admin=admin)
+    row = ApiKey(tenant=tenant, key_hash=hash_key(key), prefix=key[:8], admin=admin, rate_limit=rate_limit)
     session.add(row)
     session.flush()
     return row, key
@@ -59,7 +77,7 @@ def authenticate(session: Session, key: str) -> Principal | None:
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
     if row is None or row.revoked_at is not None:
         return None
-    return Principal(tenant=row.tenant, admin=row.admin, key_id=row.id)
+    return Principal(tenant=row.tenant, admin=row.admin, key_id=row.id, rate_limit=row.rate_limit)
 
 
 def key_is_valid(session: Session, key: str) -> bool:

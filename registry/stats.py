@@ -153,7 +153,7 @@ def flush(client: redis.Redis, database: Any) -> int:
     return moved
 
 
-def _give_back(client: redis.Redis, key: str | bytes, counts: Mapping[str, Any]) -> None:
+def _give_back(client: redis.Redis, key: Any, counts: Mapping[str, Any]) -> None:
     with client.pipeline(transaction=False) as pipe:
         pipe.hincrby(key, "requests", counts["requests"])
         pipe.hincrby(key, "errors", counts["errors"])

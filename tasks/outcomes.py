@@ -25,7 +25,7 @@ class BookkeepingUnavailable(RuntimeError):
 
 
 def record_task(
-    client: redis.Redis,
+    client: Any,
     task_id: str,
     tenant: str,
     fields: dict[str, str],
@@ -45,10 +45,10 @@ def record_task(
         raise BookkeepingUnavailable(str(exc)) from exc
 
 
-def task_record(client: redis.Redis, task_id: str) -> dict[str, str] | None:
+def task_record(client: Any, task_id: str) -> dict[str, str] | None:
     """The ownership record of a task, or None when unknown or expired."""
     try:
-        raw: dict[bytes, bytes] = client.hgetall(OWNER_KEY.format(task_id))  # type: ignore[assignment]
+        raw: dict[bytes, bytes] = client.hgetall(OWNER_KEY.format(task_id))
     except redis.RedisError as exc:
         raise BookkeepingUnavailable(str(exc)) from exc
     return {k.decode(): v.decode() for k, v in raw.items()} or None
@@ -61,14 +61,14 @@ def describe_error(exc: BaseException) -> dict[str, str]:
     return {"code": str(code), "message": str(message)}
 
 
-def load_payload(client: redis.Redis, task_id: str) -> Any:
+def load_payload(client: Any, task_id: str) -> Any:
     raw = client.get(PAYLOAD_KEY.format(task_id))
     if raw is None:
         raise LookupError(f"the inputs of task {task_id} expired before it ran")
     return json.loads(raw)
 
 
-def finish_task(client: redis.Redis, task_id: str, queue: str, outcome: dict[str, Any] | None) -> None:
+def finish_task(client: Any, task_id: str, queue: str, outcome: dict[str, Any] | None) -> None:
     """One round trip when a task attempt ends: its GPU's in-flight count goes down and,
     when the task is done (``outcome`` given), the request waiting for it wakes up."""
     with client.pipeline(transaction=False) as pipe:
@@ -80,7 +80,7 @@ def finish_task(client: redis.Redis, task_id: str, queue: str, outcome: dict[str
         pipe.execute()
 
 
-def wait_outcome(client: redis.Redis, task_id: str, timeout: float) -> dict[str, Any] | None:
+def wait_outcome(client: Any, task_id: str, timeout: float) -> dict[str, Any] | None:
     """Block up to ``timeout`` seconds for the outcome of ``task_id``; None when it is not done."""
     if timeout <= 0:
         return None

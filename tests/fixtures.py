@@ -160,6 +160,7 @@ def make_settings(
         sync_timeout=10.0,
         health_timeout=2.0,
         worker_concurrency=1,
+        rate_limit="",  # many requests per key here; test_rate_limit.py sets its own limits
     )
     values.update(overrides)
     return Settings(**values)

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from flask import g, request
 
 from registry.apikeys import Principal, authenticate
-from webapp import db_session
+from webapp import db_session, services
 from webapp.errors import ApiError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -37,6 +37,7 @@ def authenticate_request() -> None:
             headers={"WWW-Authenticate": 'Bearer realm="inferq", error="invalid_token"'},
         )
     g.principal = principal
+    services().rate_limiter.check(principal)
 
 
 def current_principal() -> Principal:

@@ -1,0 +1,76 @@
+"""Per-API-key rate limits (sliding window counters in Redis, by the ``limits`` library).
+
+The limit is the key's own (``inferq keys create --rate-limit``) or
+``INFERQ_RATE_LIMIT`` (100/minute). Over it: 429 problem+json with ``Retry-After``.
+When Redis cannot answer, requests are let through (and the limiter is skipped for
+a few seconds): a rate limit must not turn a cache outage into an API outage.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from functools import lru_cache
+from typing import Any
+
+from limits import RateLimitItem, parse_many
+from limits.storage import storage_from_string
+from limits.strategies import SlidingWindowCounterRateLimiter
+
+from registry.apikeys import Principal
+from webapp.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=256)
+def parse_rates(text: str) -> tuple[RateLimitItem, ...]:
+    return tuple(parse_many(text))
+
+
+class KeyRateLimiter:
+    """Checks and counts one request of an API key against its limits."""
+
+    def __init__(self, redis_url: str, default: str, timeout: float, backoff: float = 5.0) -> None:
+        self.default = default
+        self.backoff = backoff
+        self._skip_until = 0.0
+        self._lock = threading.Lock()
+        storage = storage_from_string(
+            redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, key_prefix="inferq:ratelimit"
+        )
+        self._limiter = SlidingWindowCounterRateLimiter(storage)
+
+    def check(self, principal: Principal) -> None:
+        """Count the request; raise a 429 :class:`ApiError` when the key is over a limit."""
+        text = principal.rate_limit or self.default
+        if not text or time.monotonic() < self._skip_until:
+            return
+        try:
+            for rate in parse_rates(text):
+                if not self._limiter.hit(rate, principal.key_id):
+                    raise self._too_many(rate, principal.key_id)
+        except ApiError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any storage failure: let the request through
+            with self._lock:
+                self._skip_until = time.monotonic() + self.backoff
+            log.warning("rate limiter unavailable for %.0fs: %s", self.backoff, exc)
+
+    def _too_many(self, rate: RateLimitItem, key_id: str) -> ApiError:
+        stats: Any = self._limiter.get_window_stats(rate, key_id)
+        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        return ApiError(
+            429,
+            "rate-limited",
+            "Too many requests",
+            f"this API key may send {rate}; try again in {retry_after}s",
+            headers={
+                "Retry-After": str(retry_after),
+                "X-RateLimit-Limit": str(rate.amount),
+                "X-RateLimit-Remaining": "0",
+                "X-RateLimit-Reset": str(math.ceil(stats.reset_time)),
+            },
+        )

@@ -17,7 +17,7 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     """Build the API for ``settings`` (the environment by default). Connects to nothing yet."""
     from tasks import create_celery_app
-    from webapp import health, infer, metrics, models, task_status
+    from webapp import docs, health, infer, metrics, models, task_status
     from webapp.auth import authenticate_request
     from webapp.errors import register_error_handlers
 
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     register_error_handlers(app)
     metrics.init_app(app)
     app.register_blueprint(health.bp)
+    app.register_blueprint(docs.bp)
     v1 = Blueprint("v1", __name__, url_prefix="/v1")
     v1.before_request(authenticate_request)
     v1.register_blueprint(infer.bp)

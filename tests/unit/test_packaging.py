@@ -33,6 +33,7 @@ def test_wheel_has_migrations_and_the_triton_wrapper(tmp_path: Path) -> None:
     expected = {
         "celeryconfig.py",
         "inferq/triton_onnx_model.py",
+        "webapp/openapi.yaml",
         "registry/migrations/env.py",
         "registry/migrations/script.py.mako",
         *(

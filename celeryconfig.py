@@ -65,5 +65,10 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.stats_flush_interval,
                 "options": {"queue": CONTROL_QUEUE, "expires": settings.stats_flush_interval * 2},
             },
+            "expire-deploys": {
+                "task": "inferq.maintenance.expire_deploys",
+                "schedule": 60.0,
+                "options": {"queue": CONTROL_QUEUE, "expires": 120},
+            },
         },
     }

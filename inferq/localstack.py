@@ -59,6 +59,15 @@ def is_local(host: str) -> bool:
     return host in {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: receive SIGTERM if the launcher dies, even by SIGKILL (Linux)."""
+    import ctypes
+
+    # Not on Linux: no prctl, and children outlive a killed launcher.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @dataclass
 class ManagedProcess:
     """A child process in its own process group, stopped with everything it spawned."""
@@ -84,6 +93,7 @@ class ManagedProcess:
             stderr=subprocess.STDOUT if stdout else None,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         if stdout is not None:
             stdout.close()

@@ -69,6 +69,9 @@ class Settings:
     cache_ttl: int = 900
     cache_timeout: float = 0.25
     stats_flush_interval: float = 10.0
+    deploy_timeout: int = (
+        900  # a deploy still loading after this is failed (longer than the load task's limit)
+    )
     cuda_visible_devices: str = ""  # read from CUDA_VISIBLE_DEVICES, for reporting only
     # For the client commands (inferq models, submit, ...): where the API is, and the key to use.
     url: str = "http://127.0.0.1:8080"

@@ -10,11 +10,13 @@ Triton's message when none did. ``deploy`` runs both halves at once.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from registry.db import utcnow
 from registry.models import Deployment, Model, get_model_version, set_deployment, settle_status
 from registry.triton_repository import describe_model_dir, model_dirs
 from workers.triton import TritonEndpoint, TritonError
@@ -67,6 +69,30 @@ def deploy(session: Session, model: Model, gpus: Sequence[int], triton: TritonFo
     """Load ``model`` on ``gpus`` now (both halves of a deploy, for the local launcher and tests)."""
     start_deploy(session, model, gpus)
     return load_deployments(session, model, triton)
+
+
+def expire_stale_deploys(session: Session, older_than: timedelta, now: datetime | None = None) -> list[Model]:
+    """Fail deployments still ``loading`` after ``older_than`` (their load was lost); return their models.
+
+    The deploy task's own time limit is shorter, so a deploy that is still
+    running is never expired under it.
+    """
+    cutoff = (now or utcnow()) - older_than
+    stale = session.scalars(
+        select(Deployment).where(Deployment.status == "loading", Deployment.updated_at < cutoff)
+    ).all()
+    models = []
+    for deployment in stale:
+        deployment.status = "failed"
+        deployment.message = (
+            f"no load result after {older_than.total_seconds():.0f}s (is a control worker running?)"
+        )
+        if deployment.model not in models:
+            models.append(deployment.model)
+    for model in models:
+        settle_status(model)
+    session.flush()
+    return models
 
 
 def remove_deployments(session: Session, model: Model, gpus: Sequence[int]) -> list[Deployment]:

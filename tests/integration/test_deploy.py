@@ -124,3 +124,30 @@ def test_a_deployed_model_cannot_be_deleted_or_retired(stack: Stack) -> None:
     assert response.status_code == 409
     stack.client().post(f"{path}/undeploy", headers=stack.auth(stack.admin_key))
     assert stack.client().delete(path, headers=stack.auth(stack.admin_key)).status_code == 204
+
+
+def test_a_deploy_whose_load_never_reports_back_expires(stack: Stack) -> None:
+    from datetime import timedelta
+
+    from registry.db import utcnow
+    from registry.models import get_model, set_deployment, settle_status
+    from tasks import create_celery_app
+
+    model = register(stack, "iris")
+    with stack.services.db.session() as session:
+        row = get_model(session, model["id"])
+        assert row is not None
+        set_deployment(session, row, 0, "loading")  # as if the deploy task were lost
+        settle_status(row)
+        session.flush()
+        row.deployments[0].updated_at = utcnow() - timedelta(seconds=stack.settings.deploy_timeout + 5)
+    stack.services.cache.invalidate()
+    assert (
+        stack.client().get(f"/v1/models/{model['id']}", headers=stack.auth()).get_json()["status"]
+        == "deploying"
+    )
+
+    result = create_celery_app(stack.settings).send_task("inferq.maintenance.expire_deploys", queue="control")
+    assert model["id"] in result.get(timeout=30)
+    after = stack.client().get(f"/v1/models/{model['id']}", headers=stack.auth()).get_json()
+    assert after["status"] == "failed" and "no load result" in after["deployments"][0]["message"]

@@ -29,7 +29,7 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
         _drop_postgres_database(name)
 
 
-def test_labels_move_from_json_to_rows(empty_database: str) -> None:
+def test_labels_move_from_json_to_rows_and_back(empty_database: str) -> None:
     upgrade(empty_database, "0001")
     engine = make_engine(empty_database)
     try:
@@ -49,6 +49,14 @@ def test_labels_move_from_json_to_rows(empty_database: str) -> None:
             assert sorted(map(tuple, rows)) == [("team", "vision"), ("tier", "gold")]
             columns = {c["name"] for c in inspect(connection).get_columns("models")}
             assert "labels" not in columns
+        from alembic import command
+
+        from registry.db import alembic_config
+
+        command.downgrade(alembic_config(empty_database), "0001")  # and back: labels return to JSON
+        with engine.connect() as connection:
+            raw = connection.execute(text("SELECT labels FROM models WHERE id = 'm1'")).scalar_one()
+            assert (json.loads(raw) if isinstance(raw, str) else raw) == {"team": "vision", "tier": "gold"}
     finally:
         engine.dispose()
 

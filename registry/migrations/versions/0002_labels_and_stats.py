@@ -64,5 +64,13 @@ def downgrade() -> None:
     op.drop_table("inference_stats")
     with op.batch_alter_table("models") as batch_op:
         batch_op.add_column(sa.Column("labels", sa.JSON(), nullable=False, server_default="{}"))
+    connection = op.get_bind()
+    labels = sa.table("model_labels", sa.column("model_id"), sa.column("key"), sa.column("value"))
+    models = sa.table("models", sa.column("id", sa.String), sa.column("labels", sa.JSON))
+    by_model: dict[str, dict[str, str]] = {}
+    for model_id, key, value in connection.execute(sa.select(labels.c.model_id, labels.c.key, labels.c.value)):
+        by_model.setdefault(model_id, {})[key] = value
+    for model_id, value in by_model.items():
+        connection.execute(sa.update(models).where(models.c.id == model_id).values(labels=value))
     op.drop_index("ix_model_labels_value", table_name="model_labels")
     op.drop_table("model_labels")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sysconfig
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -119,11 +118,6 @@ class Settings:
     def queues(self) -> list[str]:
         """Every Celery queue: one per GPU, then ``control``."""
         return [gpu_queue(gpu) for gpu in self.gpus] + [CONTROL_QUEUE]
-
-    @property
-    def python_libdir(self) -> str:
-        """The interpreter's own LIBDIR, put first on Triton's LD_LIBRARY_PATH (see DESIGN.md)."""
-        return str(sysconfig.get_config_var("LIBDIR") or "")
 
     def as_env(self) -> dict[str, str]:
         """These settings as ``INFERQ_*`` variables, for child processes."""

@@ -14,10 +14,9 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, relationship, selecti
 from sqlalchemy.orm.collections import attribute_keyed_dict
 
 from registry.db import Base, UTCDateTime, new_id, utcnow
-from registry.signatures import Problem, TensorSpec, parse_specs, specs_from_json
+from registry.signatures import Problem, parse_specs
 
 MODEL_STATUSES = ("registered", "deploying", "ready", "failed", "retired")
-DEPLOYMENT_STATUSES = ("loading", "ready", "failed")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
@@ -64,20 +63,9 @@ class Model(Base):
     )
 
     @property
-    def input_specs(self) -> list[TensorSpec]:
-        return specs_from_json(self.inputs)
-
-    @property
-    def output_specs(self) -> list[TensorSpec]:
-        return specs_from_json(self.outputs)
-
-    @property
     def triton_version(self) -> str:
         """The Triton version to ask for: the registry version when numeric, else Triton's latest."""
         return self.version if self.version.isdigit() else ""
-
-    def ready_gpus(self) -> list[int]:
-        return [d.gpu for d in self.deployments if d.status == "ready"]
 
     def as_dict(self) -> dict[str, Any]:
         return {

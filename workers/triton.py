@@ -96,10 +96,6 @@ class TritonEndpoint:
             with contextlib.suppress(Exception):  # closing a dead connection may fail too
                 client.close()
 
-    def is_ready(self) -> bool:
-        """Triton's server readiness (``/v2/health/ready``): false while any loaded model is unavailable."""
-        return bool(self._call("is_server_ready"))
-
     def is_live(self) -> bool:
         """Triton's liveness (``/v2/health/live``): the server answers and can serve its ready models.
 

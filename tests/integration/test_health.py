@@ -68,3 +68,18 @@ def test_metrics_count_requests(stack: Stack) -> None:
     stack.client().get("/healthz")
     text = stack.client().get("/metrics").get_data(as_text=True)
     assert 'inferq_http_requests_total{endpoint="/healthz",method="GET",status="200"}' in text
+
+
+def test_object_store_round_trip_and_presigned_url(stack: Stack) -> None:
+    """The S3 boundary (minio SDK against rclone's real S3 server), as batch results will use it."""
+    import requests
+
+    from workers.storage import StorageError
+
+    store = stack.services.store
+    store.put_bytes("tests/hello.jsonl", b'{"custom_id": "1"}\n', content_type="application/jsonl")
+    assert store.get_bytes("tests/hello.jsonl") == b'{"custom_id": "1"}\n'
+    url = store.presigned_get("tests/hello.jsonl", expires=60)
+    assert requests.get(url, timeout=10).content == b'{"custom_id": "1"}\n'
+    with pytest.raises(StorageError):
+        store.get_bytes("tests/missing")

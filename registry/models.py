@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -48,6 +49,9 @@ class Model(Base):
     outputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     description: Mapped[str] = mapped_column(Text, default="")
     status: Mapped[str] = mapped_column(String(16), default="registered", index=True)
+    # Canary: share of the unversioned traffic of ``name`` (relative to the other ready versions'
+    # weights). None everywhere: the newest ready version takes it all.
+    traffic_weight: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
     status_message: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
@@ -81,6 +85,7 @@ class Model(Base):
             "labels": dict(sorted(self.labels.items())),
             "status": self.status,
             "status_message": self.status_message,
+            "traffic_weight": self.traffic_weight,
             "deployments": [d.as_dict() for d in self.deployments],
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
@@ -134,10 +139,27 @@ def get_model_version(session: Session, name: str, version: str) -> Model | None
     return session.scalar(_loaded().where(Model.name == name, Model.version == version))
 
 
-def newest_ready_version(session: Session, name: str) -> Model | None:
-    """The highest version of ``name`` whose status is ``ready``."""
+def ready_versions(session: Session, name: str) -> list[Model]:
+    """Every ready version of ``name``, highest version first."""
     candidates = session.scalars(_loaded().where(Model.name == name, Model.status == "ready")).all()
-    return max(candidates, key=lambda m: version_key(m.version), default=None)
+    return sorted(candidates, key=lambda m: version_key(m.version), reverse=True)
+
+
+def pick_version(
+    versions: Sequence[dict[str, Any]], rng: random.Random | None = None
+) -> dict[str, Any] | None:
+    """The version that serves one unversioned request (``versions``: ready ones, highest first).
+
+    Without any ``traffic_weight`` the highest version serves everything. Once a
+    version has a weight, traffic is split by weight (versions without one get
+    none); when every weight is 0, the highest version serves.
+    """
+    if not versions:
+        return None
+    weights = [v.get("traffic_weight") for v in versions]
+    if all(w is None for w in weights) or not any(w for w in weights):
+        return versions[0]
+    return (rng or random).choices(list(versions), weights=[w or 0 for w in weights])[0]
 
 
 def model_exists(session: Session, name: str) -> bool:
@@ -184,7 +206,18 @@ def list_models(session: Session, query: ModelFilter) -> tuple[list[Model], int]
 
 # --- validation of registry writes -------------------------------------------------
 
-CREATE_FIELDS = ("name", "version", "framework", "triton_name", "inputs", "outputs", "description", "labels")
+CREATE_FIELDS = (
+    "name",
+    "version",
+    "framework",
+    "triton_name",
+    "inputs",
+    "outputs",
+    "description",
+    "labels",
+    "traffic_weight",
+)
+MAX_WEIGHT = 1000
 UPDATE_FIELDS = (*CREATE_FIELDS, "status")
 
 
@@ -248,6 +281,14 @@ def validate_model_fields(body: Any, *, partial: bool) -> tuple[dict[str, Any], 
                         Problem(f"/labels/{key}", "label values are strings of at most 255 characters")
                     )
             values["labels"] = labels
+    if "traffic_weight" in body:
+        weight = body["traffic_weight"]
+        if weight is not None and (
+            not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= MAX_WEIGHT
+        ):
+            problems.append(Problem("/traffic_weight", f"must be an integer from 0 to {MAX_WEIGHT}, or null"))
+        else:
+            values["traffic_weight"] = weight
     if "status" in body:
         if body["status"] not in ("registered", "retired"):
             problems.append(

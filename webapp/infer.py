@@ -12,7 +12,7 @@ from kombu.exceptions import OperationalError
 
 from inferq.metrics import INFER_REQUESTS
 from inferq.settings import gpu_queue
-from registry.models import ready_gpus
+from registry.models import pick_version, ready_gpus
 from registry.signatures import Problem, check_inference_request, specs_from_json
 from tasks.infer import INFER_TASK
 from tasks.outcomes import BookkeepingUnavailable, record_task, wait_outcome
@@ -20,7 +20,7 @@ from tasks.routing import NoRoute, route_request
 from webapp import celery_app, services
 from webapp.auth import current_principal
 from webapp.errors import ApiError, ServiceUnavailable, validation_error
-from webapp.registry import model_by_version, newest_ready
+from webapp.registry import model_by_version, serving_versions
 from webapp.task_status import accepted, error_status
 
 bp = Blueprint("infer", __name__)
@@ -69,7 +69,8 @@ def prefers_async() -> bool:
 
 
 def resolve_model(name: str, version: str | None) -> dict[str, Any]:
-    """The model version to run (through the registry cache): the one named, or the newest ready one."""
+    """The model version to run (through the registry cache): the one named, or one of the ready
+    versions (the newest, or by canary traffic weights)."""
     if version is not None:
         model = model_by_version(name, version)
         if model is None:
@@ -77,8 +78,8 @@ def resolve_model(name: str, version: str | None) -> dict[str, Any]:
                 404, "model-not-found", "Model not found", f"no model {name!r} version {version!r}"
             )
     else:
-        found = newest_ready(name)
-        model = found["model"]
+        found = serving_versions(name)
+        model = pick_version(found["versions"])
         if model is None:
             if not found["exists"]:
                 raise ApiError(404, "model-not-found", "Model not found", f"no model named {name!r}")

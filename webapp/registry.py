@@ -12,7 +12,7 @@ from registry.models import (
     get_model_version,
     list_models,
     model_exists,
-    newest_ready_version,
+    ready_versions,
 )
 from webapp import db_session, services
 
@@ -33,14 +33,14 @@ def model_by_version(name: str, version: str) -> dict[str, Any] | None:
     return services().cache.get(f"nv:{name}:{version}", load)
 
 
-def newest_ready(name: str) -> dict[str, Any]:
-    """``{"model": newest ready version or None, "exists": whether any version of name exists}``."""
+def serving_versions(name: str) -> dict[str, Any]:
+    """``{"versions": ready versions of name, highest first, "exists": whether any version exists}``."""
 
     def load() -> dict[str, Any]:
-        model = newest_ready_version(db_session(), name)
+        versions = ready_versions(db_session(), name)
         return {
-            "model": model.as_dict() if model else None,
-            "exists": model is not None or model_exists(db_session(), name),
+            "versions": [model.as_dict() for model in versions],
+            "exists": bool(versions) or model_exists(db_session(), name),
         }
 
     return services().cache.get(f"ready:{name}", load)

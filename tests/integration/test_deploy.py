@@ -151,3 +151,42 @@ def test_a_deploy_whose_load_never_reports_back_expires(stack: Stack) -> None:
     assert model["id"] in result.get(timeout=30)
     after = stack.client().get(f"/v1/models/{model['id']}", headers=stack.auth()).get_json()
     assert after["status"] == "failed" and "no load result" in after["deployments"][0]["message"]
+
+
+def test_canary_weights_split_unversioned_traffic(stack: Stack) -> None:
+    name = f"petals-{uuid.uuid4().hex[:6]}"
+    ids = {}
+    for version in ("a", "b"):  # not numbers: both serve Triton's latest iris
+        body = {
+            "name": name,
+            "version": version,
+            "triton_name": "iris",
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
+            "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]}],
+        }
+        created = stack.client().post("/v1/models", json=body, headers=stack.auth(stack.admin_key)).get_json()
+        assert deploy(stack, created["id"], [0, 1])["status"] == "ready"
+        ids[version] = created["id"]
+
+    def served(count: int) -> set[str]:
+        return {infer(stack, name, IRIS_ROW).get_json()["model_version"] for _ in range(count)}
+
+    def weigh(version: str, weight: int | None) -> None:
+        response = stack.client().put(
+            f"/v1/models/{ids[version]}", json={"traffic_weight": weight}, headers=stack.auth(stack.admin_key)
+        )
+        assert response.status_code == 200 and response.get_json()["traffic_weight"] == weight
+
+    assert served(10) == {"b"}  # no weights: the highest version
+    weigh("a", 50)
+    weigh("b", 50)
+    assert served(40) == {"a", "b"}
+    weigh("b", 0)
+    assert served(10) == {"a"}
+    weigh("a", None)
+    weigh("b", None)
+    assert served(5) == {"b"}
+    for model_id in ids.values():
+        stack.client().post(
+            f"/v1/models/{model_id}/undeploy", json={"gpus": [0, 1]}, headers=stack.auth(stack.admin_key)
+        )

@@ -90,6 +90,50 @@ def keys_create(settings: Settings, tenant: str, admin: bool, rate_limit: str | 
     click.echo(key)
 
 
+@keys.command("list")
+@click.option("--tenant", default=None, help="Only this tenant's keys.")
+@click.pass_obj
+def keys_list(settings: Settings, tenant: str | None) -> None:
+    """List keys: id, tenant, prefix, admin, rate limit, created, revoked (never the keys themselves)."""
+    from registry.apikeys import list_keys
+    from registry.db import Database
+
+    database = Database(settings.database_url)
+    try:
+        with database.session() as session:
+            rows = list_keys(session, tenant)
+            click.echo(
+                f"{'ID':32}  {'TENANT':16} {'PREFIX':9} {'ADMIN':5} {'RATE':14} {'CREATED':20} REVOKED"
+            )
+            for row in rows:
+                revoked = row.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if row.revoked_at else "-"
+                click.echo(
+                    f"{row.id:32}  {row.tenant:16} {row.prefix:9} {'yes' if row.admin else 'no':5} "
+                    f"{row.rate_limit or 'default':14} {row.created_at:%Y-%m-%d %H:%M:%S}  {revoked}"
+                )
+    finally:
+        database.dispose()
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.pass_obj
+def keys_revoke(settings: Settings, key_id: str) -> None:
+    """Revoke a key by id: it stops authenticating at once."""
+    from registry.apikeys import revoke_key
+    from registry.db import Database
+
+    database = Database(settings.database_url)
+    try:
+        with database.session() as session:
+            row = revoke_key(session, key_id)
+            if row is None:
+                raise click.ClickException(f"no key with id {key_id}")
+            click.echo(f"revoked key {row.id} ({row.prefix}..., tenant {row.tenant})")
+    finally:
+        database.dispose()
+
+
 @main.group()
 def db() -> None:
     """The registry database."""

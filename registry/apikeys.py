@@ -80,5 +80,21 @@ def authenticate(session: Session, key: str) -> Principal | None:
     return Principal(tenant=row.tenant, admin=row.admin, key_id=row.id, rate_limit=row.rate_limit)
 
 
+def list_keys(session: Session, tenant: str | None = None) -> list[ApiKey]:
+    """Keys (never the secrets), oldest first, of one tenant or all."""
+    query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+    if tenant is not None:
+        query = query.where(ApiKey.tenant == tenant)
+    return list(session.scalars(query))
+
+
+def revoke_key(session: Session, key_id: str) -> ApiKey | None:
+    """Revoke a key by id (it stops authenticating at once); None when there is no such key."""
+    row = session.get(ApiKey, key_id)
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return row
+
+
 def key_is_valid(session: Session, key: str) -> bool:
     return authenticate(session, key) is not None

@@ -28,6 +28,23 @@ def test_keys_create_prints_a_working_key(stack: Stack, admin: bool) -> None:
     assert response.status_code == 404  # authenticated: the task just does not exist
 
 
+def test_keys_list_and_revoke(stack: Stack) -> None:
+    env = stack.settings.as_env()
+    created = CliRunner().invoke(main, ["keys", "create", "--tenant", "umbrella"], env=env)
+    key = created.output.strip().splitlines()[-1]
+    key_id = created.output.split("key id ")[1].split()[0]
+    listed = CliRunner().invoke(main, ["keys", "list", "--tenant", "umbrella"], env=env)
+    assert listed.exit_code == 0 and key_id in listed.output and key[:8] in listed.output
+    assert key not in listed.output, "the secret is never shown again"
+    assert stack.client().get("/v1/tasks/x", headers=stack.auth(key)).status_code == 404
+    revoked = CliRunner().invoke(main, ["keys", "revoke", key_id], env=env)
+    assert revoked.exit_code == 0 and "revoked" in revoked.output
+    response = stack.client().get("/v1/tasks/x", headers=stack.auth(key))
+    assert response.status_code == 401 and response.get_json()["title"] == "Invalid API key"
+    missing = CliRunner().invoke(main, ["keys", "revoke", "nope"], env=env)
+    assert missing.exit_code == 1 and "no key with id nope" in missing.output
+
+
 def test_keys_create_needs_a_tenant(stack: Stack) -> None:
     result = CliRunner().invoke(main, ["keys", "create", "--tenant", ""], env=stack.settings.as_env())
     assert result.exit_code == 2 and "tenant" in result.output

@@ -150,13 +150,20 @@ class ManagedProcess:
 # --- Redis -------------------------------------------------------------------------
 
 
-def redis_process(port: int, workdir: Path, log_path: Path | None = None) -> ManagedProcess:
-    """A redis-server on 127.0.0.1:``port`` that keeps nothing on disk."""
+def redis_process(
+    port: int, workdir: Path, log_path: Path | None = None, persistent: bool = False
+) -> ManagedProcess:
+    """A redis-server on 127.0.0.1:``port``.
+
+    ``persistent`` keeps an append-only file in ``workdir`` (fsync every second), so
+    queued tasks survive a restart of the stack; tests use a throw-away one.
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         raise StartupError("redis-server is not installed (the README's run command installs it)")
     workdir.mkdir(parents=True, exist_ok=True)
-    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+    argv += ["--appendonly", "yes", "--appendfsync", "everysec"] if persistent else ["--appendonly", "no"]
     argv += ["--dir", str(workdir)]
     return ManagedProcess("redis", argv, log_path=log_path)
 

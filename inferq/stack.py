@@ -99,7 +99,9 @@ class Stack:
             return
         if not is_local(host):
             raise StartupError(f"Redis at {host}:{port} is not reachable")
-        process = self._start(redis_process(port, self.data_dir / "redis", self._log("redis")))
+        process = self._start(
+            redis_process(port, self.data_dir / "redis", self._log("redis"), persistent=True)
+        )
         process.wait_until(lambda: port_open(host, port), 20, "listening")
         self.say(f"redis      started on {host}:{port}")
 

@@ -294,7 +294,9 @@ def run_up(settings: Settings) -> int:
     def _terminate(signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
+    # Explicitly, also for SIGINT: a shell starting us in the background may have ignored it.
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
     try:
         key = stack.up()
         s = settings

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import requests
 
@@ -254,9 +255,34 @@ class Stack:
             self.start_beat()
             self.start_api()
             self.start_flower()
-            return self.dev_key(services)
+            key = self.dev_key(services)
+            self.wait_ready()
+            return key
         finally:
             services.close()
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Wait until ``/readyz`` says ready (workers take a few seconds); say what is missing if not."""
+        s = self.settings
+        url = f"http://{s.api_host}:{s.api_port}/readyz"
+        deadline = time.monotonic() + timeout
+        body: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            for process in self.processes:
+                if not process.alive():
+                    raise StartupError(f"{process.name} exited during start-up:\n{process.log_tail()}")
+            try:
+                response = requests.get(url, timeout=10)
+                if response.status_code == 200:
+                    return
+                body = response.json()
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(0.5)
+        failing = {
+            name: check for name, check in body.get("checks", {}).items() if check.get("status") != "ok"
+        }
+        self.say(f"warning: not ready after {timeout:.0f}s: {failing}")
 
     def watch(self) -> int:
         """Wait until a process exits on its own (then stop the rest) or a signal arrives."""

@@ -83,3 +83,40 @@ def test_object_store_round_trip_and_presigned_url(stack: Stack) -> None:
     assert requests.get(url, timeout=10).content == b'{"custom_id": "1"}\n'
     with pytest.raises(StorageError):
         store.get_bytes("tests/missing")
+
+
+def test_database_down_is_a_503_not_a_500(stack: Stack) -> None:
+    from inferq.localstack import free_port
+    from webapp import create_app
+
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    app = create_app(dataclasses.replace(stack.settings, database_url=url))
+    try:
+        response = app.test_client().get("/v1/models", headers=stack.auth())
+        assert response.status_code == 503 and response.mimetype == "application/problem+json"
+        assert response.get_json()["type"].endswith("database-unavailable")
+        assert response.headers["Retry-After"] == "5"
+        ready = app.test_client().get("/readyz").get_json()
+        assert ready["checks"]["database"]["status"] == "fail"
+    finally:
+        app.extensions["inferq"].close()
+
+
+def test_redis_down_inference_answers_503_not_a_hang(stack: Stack) -> None:
+    from inferq.localstack import free_port
+    from webapp import create_app
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    app = create_app(
+        dataclasses.replace(stack.settings, redis_url=dead, broker_url=dead, result_backend=dead)
+    )
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
+    try:
+        response = app.test_client().post("/v1/models/digits/infer", json=body, headers=stack.auth())
+        assert response.status_code == 503 and response.get_json()["type"].endswith("cache-unavailable")
+        response = app.test_client().get("/v1/tasks/abc", headers=stack.auth())
+        assert response.status_code == 503
+        ready = app.test_client().get("/readyz")
+        assert ready.status_code == 503 and ready.get_json()["checks"]["broker"]["status"] == "fail"
+    finally:
+        app.extensions["inferq"].close()

@@ -146,12 +146,13 @@ def update(model_id: str) -> Any:
         raise ApiError(
             409, "model-deployed", "Model is deployed", "undeploy the model before changing its status"
         )
-    if model.deployments and ({"inputs", "outputs", "triton_name"} & values.keys()):
+    # A numeric version is also the Triton version asked for, so it is pinned while deployed too.
+    if model.deployments and ({"inputs", "outputs", "triton_name", "version"} & values.keys()):
         raise ApiError(
             409,
             "model-deployed",
             "Model is deployed",
-            "undeploy the model before changing its signature or Triton name",
+            "undeploy the model before changing its signature, version or Triton name",
         )
     apply_fields(model, values)
     session = db_session()

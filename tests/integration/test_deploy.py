@@ -122,6 +122,8 @@ def test_a_deployed_model_cannot_be_deleted_or_retired(stack: Stack) -> None:
     assert stack.client().delete(path, headers=stack.auth(stack.admin_key)).status_code == 409
     response = stack.client().put(path, json={"status": "retired"}, headers=stack.auth(stack.admin_key))
     assert response.status_code == 409
+    response = stack.client().put(path, json={"version": "2"}, headers=stack.auth(stack.admin_key))
+    assert response.status_code == 409 and "version" in response.get_json()["detail"]
     stack.client().post(f"{path}/undeploy", headers=stack.auth(stack.admin_key))
     assert stack.client().delete(path, headers=stack.auth(stack.admin_key)).status_code == 204
 

@@ -72,6 +72,9 @@ class Settings:
         900  # a deploy still loading after this is failed (longer than the load task's limit)
     )
     cuda_visible_devices: str = ""  # read from CUDA_VISIBLE_DEVICES, for reporting only
+    # Tracing: OTLP/HTTP collector base URL (Jaeger: http://jaeger:4318), and/or a JSON-lines file.
+    otlp_endpoint: str = ""
+    trace_file: str = ""
     # For the client commands (inferq models, submit, ...): where the API is, and the key to use.
     url: str = "http://127.0.0.1:8080"
     api_key: str = ""

@@ -11,6 +11,7 @@ from celery import Task, shared_task
 
 from inferq.services import Services
 from inferq.settings import gpu_of_queue
+from inferq.tracing import span
 from registry import stats
 from tasks import breaker
 from tasks.outcomes import load_payload
@@ -60,13 +61,14 @@ def run_inference(services: Services, request: dict[str, Any], gpu: int, task_id
         inputs = load_payload(services.redis, task_id)
     started = time.perf_counter()
     try:
-        outputs = services.triton(gpu).infer(
-            request["triton_name"],
-            inputs,
-            outputs=request.get("outputs"),
-            version=request.get("triton_version", ""),
-            request_id=request.get("id") or task_id,
-        )
+        with span("triton.infer", model=request["triton_name"], gpu=gpu):
+            outputs = services.triton(gpu).infer(
+                request["triton_name"],
+                inputs,
+                outputs=request.get("outputs"),
+                version=request.get("triton_version", ""),
+                request_id=request.get("id") or task_id,
+            )
     except TritonUnavailable:
         note_attempt(services, request["model_id"], gpu, 0.0, ok=False, reachable=False)
         raise

@@ -7,8 +7,9 @@ from typing import Any
 
 import redis
 from celery import Task, states
-from celery.signals import task_postrun, task_prerun
+from celery.signals import task_postrun, task_prerun, worker_process_init
 
+from inferq.tracing import setup_tracing
 from tasks.infer import INFER_TASK
 from tasks.outcomes import INFLIGHT_KEY, describe_error, finish_task
 from tasks.runtime import services_for
@@ -19,6 +20,14 @@ INFLIGHT_TTL = 600  # a counter left high by a killed worker heals after this lo
 
 def _queue(task: Task) -> str:
     return str((task.request.delivery_info or {}).get("routing_key", ""))
+
+
+@worker_process_init.connect
+def _start_tracing(**_: Any) -> None:
+    # After the fork: span exporters own threads and connections.
+    from tasks import app
+
+    setup_tracing(app.inferq_settings, "inferq-worker")
 
 
 @task_prerun.connect

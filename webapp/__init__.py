@@ -44,6 +44,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         if session is not None:
             session.close()
 
+    from inferq.tracing import instrument_app
+
+    instrument_app(app, settings)
     register_error_handlers(app)
     metrics.init_app(app)
     app.register_blueprint(health.bp)

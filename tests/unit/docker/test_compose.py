@@ -29,6 +29,7 @@ def test_every_component_of_the_design_is_a_service(compose: dict[str, Any]) -> 
         "flower",
         "prometheus",
         "grafana",
+        "jaeger",
         "worker-control",
         "beat",
     } <= services

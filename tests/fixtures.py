@@ -44,6 +44,7 @@ GPUS = (0, 1)
 class TritonServer:
     process: ManagedProcess
     url: str
+    metrics_url: str
 
     def ready(self) -> bool:
         try:
@@ -56,7 +57,9 @@ def start_triton(workdir: Path, name: str = "triton") -> TritonServer:
     """A real tritonserver over the repository's models/, on free ports, nothing loaded yet."""
     ports = TritonPorts.free()
     process = triton_process(workdir / name, REPO_ROOT / "models", ports, log_path=workdir / f"{name}.log")
-    server = TritonServer(process.start(), f"http://127.0.0.1:{ports.http}")
+    server = TritonServer(
+        process.start(), f"http://127.0.0.1:{ports.http}", f"http://127.0.0.1:{ports.metrics}/metrics"
+    )
     process.wait_until(server.ready, 120, "ready")
     return server
 

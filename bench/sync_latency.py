@@ -12,10 +12,12 @@ Markdown table of latency percentiles and throughput. Loopback only, bounded.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,6 +53,34 @@ def run(send: Callable[[requests.Session], None], count: int, concurrency: int) 
     elapsed = time.perf_counter() - started
     quantiles = statistics.quantiles(timings, n=100)
     return {"p50": quantiles[49], "p95": quantiles[94], "p99": quantiles[98], "rps": len(timings) / elapsed}
+
+
+ROLES = {
+    "gunicorn": "API (gunicorn)",
+    "celery": "Celery (workers, beat, Flower)",
+    "tritonserver": "Triton",
+    "triton_python_backend_stub": "Triton Python stubs",
+    "redis-server": "Redis",
+    "rclone": "S3 (rclone)",
+}
+
+
+def memory_by_role() -> dict[str, float]:
+    """Resident memory (MiB) of the local stack's processes on this machine, by role."""
+    totals: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            rss_pages = int((proc / "statm").read_text().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        for needle, role in ROLES.items():
+            if needle in cmdline:
+                totals[role] = totals.get(role, 0.0) + rss_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+                break
+    return totals
 
 
 def main() -> None:
@@ -89,6 +119,9 @@ def main() -> None:
                     f"{figures['p99']:.1f} | {figures['rps']:.0f} |",
                     flush=True,
                 )
+    print("\n| processes | resident MiB after the run |\n| --- | ---: |")
+    for role, mib in sorted(memory_by_role().items()):
+        print(f"| {role} | {mib:.0f} |")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Celery workers are real subprocesses, one per simulated GPU plus control.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -273,3 +274,60 @@ def stack(
             process.stop()
         app.extensions["inferq"].close()
         services.close()
+
+
+@dataclasses.dataclass
+class ExtraGpu:
+    """One more simulated GPU with its own real worker, and a ``digits`` copy deployed only there."""
+
+    settings: Settings
+    worker: ManagedProcess
+    worker_name: str
+    app: Any
+    model: str
+
+
+@contextlib.contextmanager
+def extra_gpu(stack: Stack, workdir: Path, gpu: int, triton_url: str, **overrides: Any) -> Iterator[ExtraGpu]:
+    """GPU ``gpu`` served by the Triton at ``triton_url``; worker and API share ``overrides``.
+
+    ``worker_overrides`` (a dict in ``overrides``) applies to the worker only (e.g. a trace file).
+    """
+    from registry.models import Model, set_deployment, settle_status
+    from webapp import create_app
+
+    worker_only = overrides.pop("worker_overrides", {})
+    settings = dataclasses.replace(
+        stack.settings,
+        gpus=(*stack.settings.gpus, gpu),
+        triton_urls={**stack.settings.triton_urls, gpu: triton_url},
+        **overrides,
+    )
+    name = f"gpu{gpu}-{uuid.uuid4().hex[:4]}"
+    worker = ManagedProcess(
+        f"worker-gpu{gpu}",
+        worker_argv(gpu_queue(gpu), 1, name),
+        env=worker_env(dataclasses.replace(settings, **worker_only), gpu),
+        log_path=workdir / f"worker-gpu{gpu}.log",
+    ).start()
+    app = create_app(settings)
+    model = f"only-gpu{gpu}-{uuid.uuid4().hex[:6]}"
+    try:
+        wait_for_workers(settings, [gpu_queue(gpu)], {gpu_queue(gpu): worker})
+        with stack.services.db.session() as session:
+            row = Model(
+                name=model,
+                version="1",
+                triton_name="digits",
+                inputs=[{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
+                outputs=[{"name": "label", "datatype": "INT64", "shape": [-1]}],
+            )
+            session.add(row)
+            session.flush()
+            set_deployment(session, row, gpu, "ready")  # as if it had loaded there
+            settle_status(row)
+        stack.services.cache.invalidate()
+        yield ExtraGpu(settings, worker, f"{name}@{os.uname().nodename}", app, model)
+    finally:
+        worker.stop()
+        app.extensions["inferq"].close()

@@ -26,6 +26,7 @@ class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
+        self._tritons: dict[int, TritonEndpoint] = {}
 
     @cached_property
     def db(self) -> Database:
@@ -87,7 +88,7 @@ class Services:
     def triton(self, gpu: int) -> TritonEndpoint:
         """The Triton endpoint that serves GPU ``gpu``."""
         with self._lock:
-            endpoints = self.__dict__.setdefault("_tritons", {})
+            endpoints = self._tritons
             if gpu not in endpoints:
                 from workers.triton import TritonEndpoint
 
@@ -106,6 +107,7 @@ class Services:
         db = self.__dict__.pop("db", None)
         if db is not None:
             db.dispose()
-        for endpoint in self.__dict__.pop("_tritons", {}).values():
+        for endpoint in self._tritons.values():
             endpoint.close()
+        self._tritons.clear()
         self.__dict__.pop("store", None)

@@ -69,6 +69,43 @@ def celery_app() -> Any:
     return current_app.extensions["celery"]
 
 
+# Publishing gives up fast: a request must not hang on a broker that is down.
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+
+def send_task(name: str, args: list[Any], queue: str, task_id: str | None = None) -> None:
+    """Queue a task by name on ``queue``; a broker that cannot take it is a 503 ``ServiceUnavailable``."""
+    from kombu.exceptions import OperationalError
+
+    from webapp.errors import ServiceUnavailable
+
+    try:
+        celery_app().send_task(
+            name, args=args, task_id=task_id, queue=queue, retry=True, retry_policy=PUBLISH_RETRY
+        )
+    except OperationalError as exc:
+        raise ServiceUnavailable("broker", f"the task could not be queued: {exc}") from None
+
+
+def parse_json_body() -> Any:
+    """The request body as JSON, or a 400 that says why it is not."""
+    import json
+
+    from webapp.errors import ApiError
+
+    raw = request.get_data(cache=False)
+    if not raw:
+        raise ApiError(
+            400, "malformed-json", "Malformed JSON", "the request body is empty; send a JSON object"
+        )
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(
+            400, "malformed-json", "Malformed JSON", f"the request body is not valid JSON: {exc}"
+        ) from None
+
+
 def db_session() -> Any:
     """The request's SQLAlchemy session, opened on first use and closed at teardown."""
     session = g.get("_db")

@@ -8,7 +8,6 @@ import uuid
 from typing import Any
 
 from flask import Blueprint, Response, request
-from kombu.exceptions import OperationalError
 
 from inferq.metrics import INFER_REQUESTS
 from inferq.settings import gpu_queue
@@ -17,30 +16,13 @@ from registry.signatures import Problem, check_inference_request, specs_from_jso
 from tasks.infer import INFER_TASK
 from tasks.outcomes import BookkeepingUnavailable, record_task, wait_outcome
 from tasks.routing import NoRoute, route_request
-from webapp import celery_app, services
+from webapp import parse_json_body, send_task, services
 from webapp.auth import current_principal
 from webapp.errors import ApiError, ServiceUnavailable, validation_error
 from webapp.registry import model_by_version, serving_versions
 from webapp.task_status import accepted, error_status
 
 bp = Blueprint("infer", __name__)
-
-PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
-
-
-def parse_json_body() -> Any:
-    """The request body as JSON, or a 400 that says why it is not."""
-    raw = request.get_data(cache=False)
-    if not raw:
-        raise ApiError(
-            400, "malformed-json", "Malformed JSON", "the request body is empty; send a JSON object"
-        )
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(
-            400, "malformed-json", "Malformed JSON", f"the request body is not valid JSON: {exc}"
-        ) from None
 
 
 def parse_timeout(default: float, maximum: float) -> float:
@@ -152,12 +134,7 @@ def infer(name: str, version: str | None = None) -> Any:
     except BookkeepingUnavailable as exc:
         raise ServiceUnavailable("cache", f"Redis cannot be reached: {exc}") from None
     queue = gpu_queue(gpu)
-    try:
-        celery_app().send_task(
-            INFER_TASK, args=[message], task_id=task_id, queue=queue, retry=True, retry_policy=PUBLISH_RETRY
-        )
-    except OperationalError as exc:
-        raise ServiceUnavailable("broker", f"the task could not be queued: {exc}") from None
+    send_task(INFER_TASK, [message], queue, task_id=task_id)
 
     if prefers_async() or timeout == 0:
         INFER_REQUESTS.labels(model["name"], "accepted").inc()

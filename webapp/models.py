@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
-from kombu.exceptions import OperationalError
 from sqlalchemy.exc import IntegrityError
 
 from inferq.settings import CONTROL_QUEUE
@@ -24,10 +23,9 @@ from registry.models import (
 )
 from registry.signatures import Problem
 from tasks.deploy import DEPLOY_TASK
-from webapp import celery_app, db_session, services
+from webapp import db_session, parse_json_body, send_task, services
 from webapp.auth import admin_required
 from webapp.errors import ApiError, ServiceUnavailable, validation_error
-from webapp.infer import PUBLISH_RETRY, parse_json_body
 from webapp.registry import model_by_id, model_by_version, model_page
 
 bp = Blueprint("models", __name__)
@@ -218,15 +216,13 @@ def deploy(model_id: str) -> Any:
     start_deploy(db_session(), model, gpus)
     commit_and_invalidate()
     try:
-        celery_app().send_task(
-            DEPLOY_TASK, args=[model.id], queue=CONTROL_QUEUE, retry=True, retry_policy=PUBLISH_RETRY
-        )
-    except OperationalError as exc:
+        send_task(DEPLOY_TASK, [model.id], CONTROL_QUEUE)
+    except ServiceUnavailable:
         for gpu in gpus:
             set_deployment(db_session(), model, gpu, "failed", "the deploy could not be queued")
         settle_status(model)
         commit_and_invalidate()
-        raise ServiceUnavailable("broker", f"the deploy could not be queued: {exc}") from None
+        raise
     response = jsonify(load_for_write(model_id).as_dict())
     response.status_code = 202
     response.headers["Location"] = url_for("v1.models.get_one", model_id=model_id)

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from registry import apikeys, models  # noqa: F401 - tables register on Base
+from registry import apikeys, batches, files, models, stats  # noqa: F401 - tables register on Base
 from registry.db import Base, make_engine
 
 config = context.config

@@ -1,13 +1,24 @@
 """The object store boundary: MinIO in production, any S3 server locally, through the minio SDK.
 
-minio and urllib3 errors are translated here into :class:`StorageError`.
+minio and urllib3 errors are translated here into :class:`StorageError`. Large
+objects (batch inputs and results) are streamed both ways with bounded memory:
+uploads of unknown length go up as multipart uploads one part at a time, and
+reads are consumed in pieces.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
+
+# S3's smallest part (except the last); the memory an upload of unknown length holds is about two parts.
+MIN_PART_SIZE = 5 * 1024 * 1024
+READ_SIZE = 256 * 1024
+DELETE_BATCH = 1000
+NOT_FOUND_CODES = ("NoSuchKey", "NotFound", "ResourceNotFound")
 
 
 class StorageError(Exception):
@@ -16,6 +27,10 @@ class StorageError(Exception):
 
 class StorageUnavailable(StorageError):
     """The object store cannot be reached."""
+
+
+class ObjectNotFound(StorageError):
+    """No object has this key."""
 
 
 class ObjectStore:
@@ -51,18 +66,30 @@ class ObjectStore:
         self.bucket = bucket
         self.endpoint = endpoint
 
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        from minio.error import MinioException, S3Error
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """Vendor errors raised in the block come out as our own."""
+        from minio.error import InvalidResponseError, MinioException, S3Error
         from urllib3.exceptions import HTTPError
 
         try:
-            return getattr(self._client, method)(*args, **kwargs)
+            yield
         except S3Error as exc:
-            raise StorageError(f"{exc.code}: {exc.message}") from exc
+            error = ObjectNotFound if exc.code in NOT_FOUND_CODES else StorageError
+            raise error(f"{exc.code}: {exc.message}") from exc
+        except InvalidResponseError as exc:
+            # rclone answers a ranged GET of a missing key with an error body minio cannot parse.
+            if getattr(exc, "_code", None) == 404:
+                raise ObjectNotFound("NoSuchKey: Object does not exist") from exc
+            raise StorageError(str(exc)) from exc
         except (HTTPError, OSError) as exc:
             raise StorageUnavailable(f"{self.endpoint}: {exc}") from exc
         except MinioException as exc:
             raise StorageError(str(exc)) from exc
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        with self._translated():
+            return getattr(self._client, method)(*args, **kwargs)
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist."""
@@ -89,3 +116,194 @@ class ObjectStore:
 
     def presigned_get(self, key: str, expires: int = 3600) -> str:
         return str(self._call("presigned_get_object", self.bucket, key, expires=timedelta(seconds=expires)))
+
+    def put_stream(
+        self,
+        key: str,
+        stream: BinaryIO | Iterable[bytes],
+        content_type: str = "application/octet-stream",
+        part_size: int = MIN_PART_SIZE,
+    ) -> int:
+        """Upload an object of unknown length from a file-like object or an iterable of byte strings.
+
+        A multipart upload, one part (``part_size``, at least 5 MiB) in memory at
+        a time; a failed upload is aborted. Returns the number of bytes written.
+        """
+        reader = _CountingReader(stream)
+        self._call(
+            "put_object",
+            self.bucket,
+            key,
+            reader,
+            -1,
+            content_type=content_type,
+            part_size=max(part_size, MIN_PART_SIZE),
+            num_parallel_uploads=1,
+        )
+        return reader.count
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` (exclusive) of an object."""
+        if end <= start:
+            return b""
+        response = self._call("get_object", self.bucket, key, offset=start, length=end - start)
+        try:
+            with self._translated():
+                return bytes(response.read())
+        finally:
+            response.close()
+            response.release_conn()
+
+    def iter_pieces(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The bytes of an object from ``start`` to ``end`` (exclusive; None: its end), in pieces."""
+        if end is not None and end <= start:
+            return
+        length = end - start if end is not None else None
+        response = self._call("get_object", self.bucket, key, offset=start, length=length)
+        try:
+            with self._translated():
+                yield from response.stream(READ_SIZE)
+        finally:
+            response.close()
+            response.release_conn()
+
+    def iter_lines(
+        self, key: str, start: int = 0, end: int | None = None, max_line: int | None = None
+    ) -> Iterator[bytes]:
+        """The lines of an object between byte ``start`` and ``end``, each with its ``b"\\n"``.
+
+        Memory stays bounded: a piece of the object at a time, and with
+        ``max_line`` a line longer than ``max_line`` bytes (its ending included)
+        is yielded cut to its first ``max_line + 1`` bytes, so the caller can
+        tell it was too long, and the rest of it is skipped.
+        """
+        for _, _, line in split_lines(self.iter_pieces(key, start, end), start, max_line):
+            yield line
+
+    def iter_line_spans(
+        self, key: str, start: int = 0, end: int | None = None, max_line: int | None = None
+    ) -> Iterator[tuple[int, int, bytes]]:
+        """Like :meth:`iter_lines`, with each line's byte range: ``(start, end, line)``, end exclusive."""
+        return split_lines(self.iter_pieces(key, start, end), start, max_line)
+
+    def stat(self, key: str) -> int:
+        """The size of an object in bytes (ObjectNotFound if there is none)."""
+        return int(self._call("stat_object", self.bucket, key).size)
+
+    def delete(self, key: str) -> None:
+        """Remove an object; removing one that does not exist is not an error."""
+        self._call("remove_object", self.bucket, key)
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every object whose key starts with ``prefix``; returns how many were listed."""
+        from minio.deleteobjects import DeleteObject
+
+        if not prefix:
+            raise ValueError("refusing to delete a whole bucket: give a non-empty prefix")
+        count = 0
+        batch: list[str] = []
+
+        def remove(names: list[str]) -> None:
+            errors = self._call("remove_objects", self.bucket, [DeleteObject(name) for name in names])
+            with self._translated():
+                failed = [f"{error.name}: {error.code}" for error in errors]  # the call is lazy
+            if failed:
+                raise StorageError(f"could not delete {len(failed)} objects: {', '.join(failed[:5])}")
+
+        listing = self._call("list_objects", self.bucket, prefix=prefix, recursive=True)
+        with self._translated():
+            for item in listing:
+                batch.append(item.object_name)
+                if len(batch) == DELETE_BATCH:
+                    remove(batch)
+                    count, batch = count + len(batch), []
+        if batch:
+            remove(batch)
+            count += len(batch)
+        return count
+
+    def concat(
+        self,
+        dest_key: str,
+        source_keys: Iterable[str],
+        content_type: str = "application/octet-stream",
+        part_size: int = MIN_PART_SIZE,
+    ) -> int:
+        """Write the objects ``source_keys``, one after another, as the object ``dest_key``.
+
+        Streamed through this process (no server-side compose, which rclone's S3
+        server does not offer and which needs 5 MiB parts): a source piece and an
+        upload part in memory at a time. Returns the bytes written.
+        """
+
+        def pieces() -> Generator[bytes, None, None]:
+            for key in source_keys:
+                yield from self.iter_pieces(key)
+
+        stream = pieces()
+        try:
+            return self.put_stream(dest_key, stream, content_type, part_size)
+        finally:
+            stream.close()  # a failed upload leaves a source response open otherwise
+
+
+def split_lines(
+    pieces: Iterable[bytes], start: int = 0, max_line: int | None = None
+) -> Iterator[tuple[int, int, bytes]]:
+    """Cut a stream of byte pieces into lines: ``(start, end, line)`` with ``line`` ending in ``b"\\n"``.
+
+    ``start`` is the offset of the first piece in the object. The last line may
+    lack its ``b"\\n"``. With ``max_line``, a longer line is kept as its first
+    ``max_line + 1`` bytes only (its range still covers all of it).
+    """
+    line = bytearray()  # the current line's kept bytes, when it spans pieces
+    line_start = start
+    length = 0  # bytes of the current line so far, kept or not
+    limit = None if max_line is None else max_line + 1
+    for piece in pieces:
+        position, size = 0, len(piece)
+        while position < size:
+            newline = piece.find(b"\n", position)
+            stop = size if newline == -1 else newline + 1
+            if newline != -1 and not length and (limit is None or stop - position <= limit):
+                # The common case: a whole line inside one piece, short enough.
+                yield line_start, line_start + stop - position, piece[position:stop]
+                line_start += stop - position
+                position = stop
+                continue
+            keep = stop - position if limit is None else min(stop - position, limit - len(line))
+            if keep > 0:
+                line += piece[position : position + keep]
+            length += stop - position
+            position = stop
+            if newline != -1:
+                yield line_start, line_start + length, bytes(line)
+                line_start, length = line_start + length, 0
+                line.clear()
+    if length:
+        yield line_start, line_start + length, bytes(line)
+
+
+class _CountingReader:
+    """A ``read(size)`` view of a file-like object or of an iterable of byte strings, counting bytes."""
+
+    def __init__(self, source: BinaryIO | Iterable[bytes]) -> None:
+        self.count = 0
+        self._read: Callable[[int], bytes] | None = getattr(source, "read", None)
+        self._pieces: Iterator[bytes] = iter(()) if self._read else iter(source)
+        self._rest = memoryview(b"")
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._read(size) if self._read is not None else self._from_pieces(size)
+        self.count += len(data)
+        return data
+
+    def _from_pieces(self, size: int) -> bytes:
+        while not self._rest:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return b""
+            self._rest = memoryview(piece)
+        taken = self._rest if size < 0 else self._rest[:size]
+        self._rest = self._rest[len(taken) :]
+        return bytes(taken)

@@ -14,7 +14,7 @@ from kombu import Exchange, Queue
 from inferq.settings import CONTROL_QUEUE, Settings, gpu_queue
 
 # Tasks that never touch a GPU run on the control queue.
-CONTROL_TASKS = ("inferq.batch.*", "inferq.maintenance.*", "inferq.deploy.*")
+CONTROL_TASKS = ("inferq.maintenance.*", "inferq.deploy.*")
 
 
 def celery_settings(settings: Settings) -> dict[str, Any]:
@@ -30,6 +30,8 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         # Longer than any task's time limit, so a slow task is not run twice.
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout,
+            "unacked_restore_interval": settings.broker_restore_interval,
+            "unacked_restore_throttle": 1,
             "socket_timeout": 5,
             "socket_connect_timeout": 5,
         },
@@ -51,12 +53,15 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_time_limit": settings.task_time_limit,
         "task_soft_time_limit": max(1, settings.task_time_limit - 10),
-        "task_track_started": True,
+        # Nothing reads a STARTED state (a sync task's state is kept by tasks.bookkeeping),
+        # nor the task's arguments in its result (they would keep inputs for result_expires).
+        "task_track_started": False,
         "result_expires": settings.result_expires,
-        "result_extended": True,
-        # Events for Flower.
+        "result_extended": False,
+        # Events for Flower: a worker's received/started/succeeded/failed. No task-sent event from
+        # the API (one more publish per request; Flower lists a task once a worker receives it).
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "task_send_sent_event": False,
         "worker_concurrency": settings.worker_concurrency,
         # celery beat (``inferq up`` runs it; in production run one ``celery -A tasks beat``).
         "beat_schedule": {

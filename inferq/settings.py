@@ -51,16 +51,26 @@ class Settings:
     model_repository: str = dataclasses.field(default_factory=_default_model_repository)
     api_host: str = "127.0.0.1"
     api_port: int = 8080
-    api_threads: int = 16
+    api_server: str = "gevent"  # gunicorn worker class: gevent, or gthread
+    api_workers: int = 1  # gunicorn processes
+    api_threads: int = 16  # gthread only
+    api_connections: int = 1000  # gevent only: connections one process serves at once
     flower_port: int = 5555
     sync_timeout: float = 5.0
     sync_timeout_max: float = 60.0
+    sync_waiting_per_tenant: int = 128  # sync requests of one tenant waiting at once; beyond: 429
+    key_cache_ttl: float = 5.0  # seconds an API key's lookup is reused in-process (a revoke takes this long)
     max_request_bytes: int = 16 * 1024 * 1024
     inline_payload_max: int = 256 * 1024
-    task_time_limit: int = 300
+    task_time_limit: int = 120  # tasks that set no limit of their own
     result_expires: int = 24 * 3600
-    visibility_timeout: int = 900
-    worker_concurrency: int = 2
+    # Redis broker: a message taken by a worker that died returns to its queue after this long
+    # (checked every broker_restore_interval seconds). Longer than any task that acknowledges late.
+    visibility_timeout: int = 300
+    broker_restore_interval: float = 10.0
+    worker_concurrency: int = 2  # control worker (prefork): planning, finalizing, deploys, upkeep
+    gpu_worker_pool: str = "threads"  # GPU workers: their tasks wait on Triton
+    gpu_worker_concurrency: int = 8
     health_timeout: float = 2.0
     rate_limit: str = "100/minute"  # per API key unless the key has its own; empty: no limit
     breaker_threshold: int = 5

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Boolean, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from registry.db import Base, UTCDateTime, new_id, utcnow
+from registry.db import Base, Database, UTCDateTime, new_id, utcnow
 
 KEY_PREFIX = "iq_"
 
@@ -72,12 +73,15 @@ def create_key(
     return row, key
 
 
-def authenticate(session: Session, key: str) -> Principal | None:
-    """The principal for a presented key, or None if it is unknown or revoked."""
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+def _principal(row: ApiKey | None) -> Principal | None:
     if row is None or row.revoked_at is not None:
         return None
     return Principal(tenant=row.tenant, admin=row.admin, key_id=row.id, rate_limit=row.rate_limit)
+
+
+def authenticate(session: Session, key: str) -> Principal | None:
+    """The principal for a presented key, or None if it is unknown or revoked."""
+    return _principal(session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key))))
 
 
 def list_keys(session: Session, tenant: str | None = None) -> list[ApiKey]:
@@ -98,3 +102,31 @@ def revoke_key(session: Session, key_id: str) -> ApiKey | None:
 
 def key_is_valid(session: Session, key: str) -> bool:
     return authenticate(session, key) is not None
+
+
+class KeyCache:
+    """Keys presented recently -> their principal (or None: unknown), reused for ``ttl`` seconds.
+
+    Saves a database query on nearly every request; the price is that a revoked
+    key keeps working in each API process for at most ``ttl`` seconds (0: no cache).
+    """
+
+    def __init__(self, ttl: float, maxsize: int = 10_000) -> None:
+        self.ttl = ttl
+        self.maxsize = maxsize
+        self._entries: dict[str, tuple[float, Principal | None]] = {}
+
+    def authenticate(self, db: Database, key: str) -> Principal | None:
+        """The principal of ``key``, from this cache or (opening a short session) the database."""
+        digest = hash_key(key)
+        now = time.monotonic()
+        entry = self._entries.get(digest)
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        with db.session() as session:
+            principal = _principal(session.scalar(select(ApiKey).where(ApiKey.key_hash == digest)))
+        if self.ttl > 0:
+            if len(self._entries) >= self.maxsize:
+                self._entries.clear()  # bounded: unknown keys sent in bulk cannot grow it
+            self._entries[digest] = (now + self.ttl, principal)
+        return principal

@@ -20,9 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import redis
-
 from inferq.metrics import REGISTRY_CACHE
+from inferq.services import Redis, RedisError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ _MISSING = object()
 class RegistryCache:
     """Cache-aside for JSON-serialisable registry reads."""
 
-    def __init__(self, client: redis.Redis | None, ttl: int, backoff: float = 5.0) -> None:
+    def __init__(self, client: Redis | None, ttl: int, backoff: float = 5.0) -> None:
         self.client = client
         self.ttl = ttl
         self.backoff = backoff
@@ -63,7 +62,7 @@ class RegistryCache:
         assert self.client is not None and self._script is not None
         try:
             generation, raw = self._script(keys=[GENERATION_KEY], args=[name])
-        except redis.RedisError as exc:
+        except RedisError as exc:
             self._failed(exc)
             return load()
         if raw is not None:
@@ -74,7 +73,7 @@ class RegistryCache:
         key = VALUE_KEY.format(generation=generation.decode(), name=name)
         try:
             self.client.set(key, json.dumps(value, separators=(",", ":")), ex=self.ttl)
-        except redis.RedisError as exc:
+        except RedisError as exc:
             self._failed(exc)
         return value
 
@@ -86,7 +85,7 @@ class RegistryCache:
             try:
                 self.client.incr(GENERATION_KEY)
                 return
-            except redis.RedisError as exc:
+            except RedisError as exc:
                 if attempt == 2:
                     # Readers cannot reach this Redis either; if it comes back with its data,
                     # values cached before this write live at most ``ttl`` more seconds.

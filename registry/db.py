@@ -73,12 +73,42 @@ def make_engine(url: str, *, sqlite_foreign_keys: bool = True, **kwargs: Any) ->
             cursor.close()
 
         return engine
+    cooperative_postgres_waits()
     if parsed.drivername == "postgresql":
         # SQLAlchemy 2.1 picks psycopg 3 for a bare postgresql://; inferq ships psycopg2.
         url = parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("connect_args", {"connect_timeout": 5})
     return create_engine(url, **kwargs)
+
+
+def cooperative_postgres_waits() -> None:
+    """Under gevent (the API's gunicorn workers), make psycopg2 wait on its socket cooperatively,
+    so a slow query blocks its own request, not every request of the process."""
+    import sys
+
+    if "gevent" not in sys.modules:
+        return
+    from gevent import monkey
+
+    if not monkey.is_module_patched("socket"):
+        return
+    import psycopg2.extensions
+    from gevent.socket import wait_read, wait_write
+
+    def wait(connection: Any, timeout: float | None = None) -> None:
+        while True:
+            state = connection.poll()
+            if state == psycopg2.extensions.POLL_OK:
+                return
+            if state == psycopg2.extensions.POLL_READ:
+                wait_read(connection.fileno(), timeout=timeout)
+            elif state == psycopg2.extensions.POLL_WRITE:
+                wait_write(connection.fileno(), timeout=timeout)
+            else:
+                raise psycopg2.OperationalError(f"unexpected psycopg2 poll state {state}")
+
+    psycopg2.extensions.set_wait_callback(wait)
 
 
 class Database:

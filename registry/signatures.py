@@ -14,38 +14,7 @@ from typing import Any
 
 import numpy as np
 
-# Open Inference Protocol datatype -> numpy dtype kinds a JSON ``data`` list may convert to.
-DATATYPES: dict[str, str] = {
-    "BOOL": "b",
-    "UINT8": "iu",
-    "UINT16": "iu",
-    "UINT32": "iu",
-    "UINT64": "iu",
-    "INT8": "iu",
-    "INT16": "iu",
-    "INT32": "iu",
-    "INT64": "iu",
-    "FP16": "iuf",
-    "FP32": "iuf",
-    "FP64": "iuf",
-    "BYTES": "U",
-}
-
-NUMPY_DTYPES: dict[str, str] = {
-    "BOOL": "bool",
-    "UINT8": "uint8",
-    "UINT16": "uint16",
-    "UINT32": "uint32",
-    "UINT64": "uint64",
-    "INT8": "int8",
-    "INT16": "int16",
-    "INT32": "int32",
-    "INT64": "int64",
-    "FP16": "float16",
-    "FP32": "float32",
-    "FP64": "float64",
-    "BYTES": "object",
-}
+from inferq.tensors import DATATYPES, NUMPY_DTYPES
 
 TRITON_TYPE_PREFIX = "TYPE_"
 

@@ -17,10 +17,10 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import redis
 from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from inferq.services import Redis, RedisError, ResponseError
 from registry.db import Base
 
 log = logging.getLogger(__name__)
@@ -70,13 +70,13 @@ def add_inference(pipe: Any, model_id: str, gpu: int, latency_ms: float, ok: boo
         pipe.hincrby(key, "errors", 1)
 
 
-def record(client: redis.Redis, model_id: str, gpu: int, latency_ms: float, ok: bool) -> None:
+def record(client: Redis, model_id: str, gpu: int, latency_ms: float, ok: bool) -> None:
     """Count one inference (one pipelined round trip); never raises."""
     try:
         with client.pipeline(transaction=False) as pipe:
             add_inference(pipe, model_id, gpu, latency_ms, ok)
             pipe.execute()
-    except redis.RedisError as exc:
+    except RedisError as exc:
         log.warning("statistics of model %s not recorded: %s", model_id, exc)
 
 
@@ -130,7 +130,7 @@ def _write(session: Session, model_id: str, gpu: int, counts: Mapping[str, Any])
         )
 
 
-def flush(client: redis.Redis, database: Any) -> int:
+def flush(client: Redis, database: Any) -> int:
     """Move every pending count from Redis into the database; returns how many hashes moved."""
     moved = 0
     for key in list(client.scan_iter(SCAN_PATTERN, count=500)):
@@ -138,7 +138,7 @@ def flush(client: redis.Redis, database: Any) -> int:
         claimed = f"inferq:statsflush:{uuid.uuid4().hex}"
         try:
             client.rename(key, claimed)  # atomic: later counts start a new hash
-        except redis.ResponseError:
+        except ResponseError:
             continue  # another flusher took it
         counts = _parse(client.hgetall(claimed))  # type: ignore[arg-type]
         try:
@@ -153,7 +153,7 @@ def flush(client: redis.Redis, database: Any) -> int:
     return moved
 
 
-def _give_back(client: redis.Redis, key: Any, counts: Mapping[str, Any]) -> None:
+def _give_back(client: Redis, key: Any, counts: Mapping[str, Any]) -> None:
     with client.pipeline(transaction=False) as pipe:
         pipe.hincrby(key, "requests", counts["requests"])
         pipe.hincrby(key, "errors", counts["errors"])
@@ -197,7 +197,7 @@ def _empty() -> dict[str, Any]:
     return {"requests": 0, "errors": 0, "latency_ms_sum": 0.0, "buckets": {}}
 
 
-def read(session: Session, client: redis.Redis | None, model_id: str, gpus: Iterable[int]) -> dict[str, Any]:
+def read(session: Session, client: Redis | None, model_id: str, gpus: Iterable[int]) -> dict[str, Any]:
     """Requests, errors, error rate and latency mean/p50/p95/p99, overall and per GPU."""
     per_gpu: dict[int, dict[str, Any]] = {}
     for row in session.scalars(select(InferenceStats).where(InferenceStats.model_id == model_id)):
@@ -219,7 +219,7 @@ def read(session: Session, client: redis.Redis | None, model_id: str, gpus: Iter
                 for gpu, raw in zip(gpu_list, pipe.execute(), strict=True):
                     if raw:
                         _merge(per_gpu.setdefault(gpu, _empty()), _parse(raw))
-        except redis.RedisError as exc:
+        except RedisError as exc:
             log.warning("pending statistics unavailable: %s", exc)
             pending = False
     overall = _empty()

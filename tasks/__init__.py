@@ -1,16 +1,28 @@
-"""The Celery app and every inferq task. ``celery -A tasks ...`` finds ``app`` here."""
+"""The Celery app and every inferq task. ``celery -A tasks ...`` finds ``app`` here.
+
+``app`` is built on first use, once, from the settings (``inferq.settings``);
+importing this package reads nothing and connects to nothing. The API and the
+tests build their own with :func:`create_celery_app`.
+"""
 
 from __future__ import annotations
 
-from celery import Celery
+from typing import TYPE_CHECKING, Any
 
 from inferq.settings import Settings, load_settings
 
+if TYPE_CHECKING:
+    from celery import Celery
+
 TASK_MODULES = ("tasks.infer", "tasks.deploy", "tasks.maintenance", "tasks.signals")
+
+_app: Celery | None = None
 
 
 def create_celery_app(settings: Settings | None = None) -> Celery:
     """A Celery app configured from ``settings`` (the environment by default). Connects to nothing."""
+    from celery import Celery
+
     import celeryconfig
 
     settings = settings or load_settings()
@@ -21,4 +33,11 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     return app
 
 
-app = create_celery_app()
+def __getattr__(name: str) -> Any:
+    # ``tasks.app``: the process's app, built from the environment's settings on first use.
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = create_celery_app()
+        return _app
+    raise AttributeError(f"module 'tasks' has no attribute {name!r}")

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import logging
-import time
+from dataclasses import dataclass
 from typing import Any
 
-import redis
 from celery import Task, shared_task
 
-from inferq.services import Services
 from inferq.settings import gpu_of_queue
-from inferq.tracing import span
 from registry import stats
-from tasks import breaker
-from tasks.outcomes import load_payload
-from tasks.runtime import services_for
+from tasks.runtime import Services, services_for
+from workers.inference import InferAnswer, InferMessage, run_inference
 from workers.triton import TritonError, TritonUnavailable
 
 INFER_TASK = "inferq.infer"
@@ -26,7 +22,7 @@ class InferenceFailed(Exception):
     """An inference that cannot succeed; ``code`` says why (stored as the task's error)."""
 
     def __init__(self, message: str, code: str = "inference_failed") -> None:
-        # Both in args, so Celery's result backend rebuilds the same exception.
+        # Both in args, so the exception pickles and rebuilds the same.
         super().__init__(message, code)
         self.message, self.code = message, code
 
@@ -34,62 +30,59 @@ class InferenceFailed(Exception):
         return f"{self.code}: {self.message}"
 
 
-def note_attempt(
-    services: Services, model_id: str, gpu: int, latency_ms: float, ok: bool, reachable: bool
-) -> None:
-    """Statistics and the GPU's breaker for one attempt, in one Redis round trip; never raises.
+@dataclass(frozen=True)
+class Attempt:
+    """What one attempt did, for its statistics and its GPU's breaker (written when it ends)."""
 
-    Only an unreachable Triton counts against the breaker: a request Triton refused
-    says nothing about the GPU's health.
+    model_id: str
+    gpu: int
+    latency_ms: float
+    ok: bool
+    reachable: bool  # only an unreachable Triton counts against the breaker
+
+
+def add_attempt(services: Services, pipe: Any, attempt: Attempt) -> None:
+    """Queue the statistics and breaker update of ``attempt`` on ``pipe`` (the caller executes it)."""
+    stats.add_inference(pipe, attempt.model_id, attempt.gpu, attempt.latency_ms, attempt.ok)
+    services.gpus.add_attempt(pipe, attempt.gpu, attempt.reachable)
+
+
+def settle_breaker(services: Services, attempt: Attempt, failures: Any) -> None:
+    """Open the breaker if this attempt's failure tripped it (``failures``: the reply to the
+    next-to-last command ``add_attempt`` queued, the failure count after it)."""
+    if not attempt.reachable and services.gpus.open_if_tripped(attempt.gpu, int(failures)):
+        log.warning("gpu %s: Triton unreachable %s times in a row; breaker open", attempt.gpu, failures)
+
+
+def infer_on_gpu(
+    services: Services, message: InferMessage, gpu: int, task_id: str, attempts: list[Attempt]
+) -> InferAnswer:
+    """Run ``message`` on ``gpu``'s Triton (inputs inline, or stashed under the task id).
+
+    The attempt is appended to ``attempts``; whoever ends the task writes it.
     """
-    policy = breaker.BreakerPolicy(services.settings.breaker_threshold, services.settings.breaker_cooldown)
-    try:
-        with services.redis.pipeline(transaction=False) as pipe:
-            stats.add_inference(pipe, model_id, gpu, latency_ms, ok)
-            breaker.add_outcome(pipe, gpu, reachable, policy)
-            replies = pipe.execute()
-        if not reachable and breaker.open_if_tripped(services.redis, gpu, int(replies[-2]), policy):
-            log.warning("gpu %s: Triton unreachable %s times in a row; breaker open", gpu, replies[-2])
-    except redis.RedisError as exc:
-        log.warning("gpu %s: statistics and breaker not updated: %s", gpu, exc)
-
-
-def run_inference(services: Services, request: dict[str, Any], gpu: int, task_id: str) -> dict[str, Any]:
-    """Call ``gpu``'s Triton for ``request`` and shape the Open Inference Protocol answer."""
-    inputs = request.get("inputs")
+    inputs = message.get("inputs")
     if inputs is None:
-        inputs = load_payload(services.redis, task_id)
-    started = time.perf_counter()
+        inputs = services.tasks.load_payload(task_id)
+    request_id = message.get("id") or task_id
+    model_id = message["model_id"]
     try:
-        with span("triton.infer", model=request["triton_name"], gpu=gpu):
-            outputs = services.triton(gpu).infer(
-                request["triton_name"],
-                inputs,
-                outputs=request.get("outputs"),
-                version=request.get("triton_version", ""),
-                request_id=request.get("id") or task_id,
-            )
+        timed = run_inference(services.triton(gpu), message, inputs, gpu, request_id)
     except TritonUnavailable:
-        note_attempt(services, request["model_id"], gpu, 0.0, ok=False, reachable=False)
+        attempts.append(Attempt(model_id, gpu, 0.0, ok=False, reachable=False))
         raise
     except TritonError:
-        note_attempt(services, request["model_id"], gpu, 0.0, ok=False, reachable=True)
+        attempts.append(Attempt(model_id, gpu, 0.0, ok=False, reachable=True))
         raise
-    latency_ms = (time.perf_counter() - started) * 1000
-    note_attempt(services, request["model_id"], gpu, latency_ms, ok=True, reachable=True)
-    return {
-        "model_name": request["model_name"],
-        "model_version": request["model_version"],
-        "id": request.get("id") or task_id,
-        "outputs": outputs,
-        "parameters": {"gpu": gpu, "latency_ms": round(latency_ms, 3)},
-    }
+    attempts.append(Attempt(model_id, gpu, timed.latency_ms, ok=True, reachable=True))
+    return timed.answer
 
 
 @shared_task(
     bind=True,
     name=INFER_TASK,
     acks_late=True,
+    ignore_result=True,  # the outcome is kept once, by tasks.bookkeeping (see tasks.signals)
     autoretry_for=(TritonUnavailable,),
     max_retries=3,
     retry_backoff=0.5,
@@ -98,7 +91,7 @@ def run_inference(services: Services, request: dict[str, Any], gpu: int, task_id
     soft_time_limit=60,
     time_limit=90,
 )
-def infer(self: Task, request: dict[str, Any]) -> dict[str, Any]:
+def infer(self: Task, message: InferMessage) -> InferAnswer:
     """Run one sync inference. Triton unreachable: retried 3 times, then fails as ``backend_unavailable``.
 
     Other Triton errors fail at once with their code; either way the waiting
@@ -109,8 +102,11 @@ def infer(self: Task, request: dict[str, Any]) -> dict[str, Any]:
     if gpu is None:
         raise InferenceFailed(f"inference must run on a gpu.N queue, not {queue!r}", "misrouted")
     services = services_for(self.app)
+    # tasks.signals writes the attempt with the task's end, in the same Redis round trip.
+    attempts: list[Attempt] = []
+    self.request.inferq_attempts = attempts
     try:
-        result = run_inference(services, request, gpu, self.request.id)
+        answer = infer_on_gpu(services, message, gpu, self.request.id, attempts)
     except TritonUnavailable as exc:
         if self.request.retries >= self.max_retries:
             raise InferenceFailed(str(exc), exc.code) from exc
@@ -119,9 +115,9 @@ def infer(self: Task, request: dict[str, Any]) -> dict[str, Any]:
         raise InferenceFailed(str(exc), exc.code) from exc
     except LookupError as exc:
         raise InferenceFailed(str(exc), "inputs_expired") from exc
-    result["parameters"].update(
+    answer["parameters"].update(
         queue=queue,
         worker=self.request.hostname,
         cuda_visible_devices=services.settings.cuda_visible_devices,
     )
-    return result
+    return answer

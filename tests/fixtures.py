@@ -1,7 +1,7 @@
 """Real services for integration tests, each started on free ports and stopped afterwards.
 
 Redis, rclone's S3 server and Triton come from the same builders ``inferq up``
-uses (``inferq.localstack``). The registry runs on SQLite and on the machine's
+uses (``launcher.localstack``). The registry runs on SQLite and on the machine's
 PostgreSQL (a fresh database per run): every integration test runs on both.
 Celery workers are real subprocesses, one per simulated GPU plus control.
 """
@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 import requests
 
-from inferq.localstack import (
+from inferq.settings import REPO_ROOT, Settings, gpu_queue
+from launcher.localstack import (
     ManagedProcess,
     TritonPorts,
     free_port,
@@ -31,9 +32,8 @@ from inferq.localstack import (
     s3_process,
     triton_process,
 )
-from inferq.services import Services
-from inferq.settings import REPO_ROOT, Settings, gpu_queue
-from inferq.stack import worker_argv, worker_env
+from launcher.stack import gpu_worker_argv, worker_argv, worker_env
+from tasks.runtime import Services
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "INFERQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -164,6 +164,8 @@ def make_settings(
         sync_timeout=10.0,
         health_timeout=2.0,
         worker_concurrency=1,
+        gpu_worker_concurrency=4,
+        key_cache_ttl=1.0,
         rate_limit="",  # many requests per key here; test_rate_limit.py sets its own limits
     )
     values.update(overrides)
@@ -224,7 +226,7 @@ def start_workers(settings: Settings, workdir: Path) -> dict[str, ManagedProcess
     """One real worker subprocess per GPU queue (CUDA_VISIBLE_DEVICES=N) and one for control."""
     workers = {}
     for gpu in settings.gpus:
-        argv = worker_argv(gpu_queue(gpu), 1, f"gpu{gpu}-{uuid.uuid4().hex[:4]}")
+        argv = gpu_worker_argv(settings, gpu, f"gpu{gpu}-{uuid.uuid4().hex[:4]}")
         workers[gpu_queue(gpu)] = ManagedProcess(
             f"worker-gpu{gpu}", argv, env=worker_env(settings, gpu), log_path=workdir / f"worker-gpu{gpu}.log"
         ).start()
@@ -248,7 +250,8 @@ def stack(
 ) -> Iterator[Stack]:
     """The whole platform on real services, with ``digits`` registered and deployed on both GPUs."""
     from registry.apikeys import create_key
-    from registry.deploy import deploy, register_repository
+    from registry.deploy import register_repository
+    from tasks.deploy import deploy
     from webapp import create_app
 
     settings = make_settings(workdir, redis_url, database_url, s3_endpoint, triton.url)
@@ -306,7 +309,7 @@ def extra_gpu(stack: Stack, workdir: Path, gpu: int, triton_url: str, **override
     name = f"gpu{gpu}-{uuid.uuid4().hex[:4]}"
     worker = ManagedProcess(
         f"worker-gpu{gpu}",
-        worker_argv(gpu_queue(gpu), 1, name),
+        gpu_worker_argv(settings, gpu, name),
         env=worker_env(dataclasses.replace(settings, **worker_only), gpu),
         log_path=workdir / f"worker-gpu{gpu}.log",
     ).start()

@@ -8,18 +8,20 @@ from typing import Any
 
 from flask import Blueprint, Flask, current_app, g, request
 
-from inferq.services import Services
 from inferq.settings import Settings, load_settings
+from tasks.runtime import Services
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     """Build the API for ``settings`` (the environment by default). Connects to nothing yet."""
+    from registry.apikeys import KeyCache
     from tasks import create_celery_app
     from webapp import docs, health, infer, metrics, models, task_status
     from webapp.auth import authenticate_request
     from webapp.errors import register_error_handlers
+    from webapp.ratelimit import KeyRateLimiter
 
     settings = settings or load_settings()
     app = Flask(__name__)
@@ -27,6 +29,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["inferq"] = services or Services(settings)
     app.extensions["celery"] = create_celery_app(settings)
+    app.extensions["inferq.keys"] = KeyCache(settings.key_cache_ttl)
+    app.extensions["inferq.ratelimit"] = KeyRateLimiter(
+        settings.redis_url, settings.rate_limit, settings.cache_timeout
+    )
 
     @app.before_request
     def _request_id() -> None:
@@ -69,22 +75,11 @@ def celery_app() -> Any:
     return current_app.extensions["celery"]
 
 
-# Publishing gives up fast: a request must not hang on a broker that is down.
-PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
-
-
 def send_task(name: str, args: list[Any], queue: str, task_id: str | None = None) -> None:
-    """Queue a task by name on ``queue``; a broker that cannot take it is a 503 ``ServiceUnavailable``."""
-    from kombu.exceptions import OperationalError
+    """Queue a task by name on ``queue``; a broker that cannot take it is a 503."""
+    from tasks.pipeline import publish
 
-    from webapp.errors import ServiceUnavailable
-
-    try:
-        celery_app().send_task(
-            name, args=args, task_id=task_id, queue=queue, retry=True, retry_policy=PUBLISH_RETRY
-        )
-    except OperationalError as exc:
-        raise ServiceUnavailable("broker", f"the task could not be queued: {exc}") from None
+    publish(celery_app(), name, args, queue, task_id)
 
 
 def parse_json_body() -> Any:

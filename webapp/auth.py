@@ -6,10 +6,10 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import g, request
+from flask import current_app, g, request
 
-from registry.apikeys import Principal, authenticate
-from webapp import db_session, services
+from registry.apikeys import Principal
+from webapp import services
 from webapp.errors import ApiError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -27,7 +27,7 @@ def authenticate_request() -> None:
             "send the API key as 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": 'Bearer realm="inferq"'},
         )
-    principal = authenticate(db_session(), key.strip())
+    principal = current_app.extensions["inferq.keys"].authenticate(services().db, key.strip())
     if principal is None:
         raise ApiError(
             401,
@@ -37,7 +37,7 @@ def authenticate_request() -> None:
             headers={"WWW-Authenticate": 'Bearer realm="inferq", error="invalid_token"'},
         )
     g.principal = principal
-    services().rate_limiter.check(principal)
+    current_app.extensions["inferq.ratelimit"].check(principal)
 
 
 def current_principal() -> Principal:

@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from registry.db import DatabaseUnavailable
 from registry.signatures import Problem
+from tasks.pipeline import PipelineError
 
 log = logging.getLogger(__name__)
 PROBLEM_TYPE = "urn:inferq:problem:{}"
@@ -76,6 +77,15 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError) -> Response:
         return problem_response(error)
+
+    @app.errorhandler(PipelineError)
+    def _pipeline_error(error: PipelineError) -> Response:
+        headers = {}
+        if error.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(error.retry_after)))
+        return problem_response(
+            ApiError(error.status, error.code, error.title, error.detail, error.problems, headers)
+        )
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:

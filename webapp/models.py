@@ -9,7 +9,8 @@ from sqlalchemy.exc import IntegrityError
 
 from inferq.settings import CONTROL_QUEUE
 from registry import stats
-from registry.deploy import remove_deployments, start_deploy, unload
+from registry.catalog import model_by_id, model_by_version, model_page
+from registry.deploy import remove_deployments, start_deploy
 from registry.models import (
     MAX_LIMIT,
     MODEL_STATUSES,
@@ -22,11 +23,11 @@ from registry.models import (
     validate_model_fields,
 )
 from registry.signatures import Problem
-from tasks.deploy import DEPLOY_TASK
+from tasks.deploy import DEPLOY_TASK, unload
+from tasks.pipeline import PipelineError
 from webapp import db_session, parse_json_body, send_task, services
 from webapp.auth import admin_required
-from webapp.errors import ApiError, ServiceUnavailable, validation_error
-from webapp.registry import model_by_id, model_by_version, model_page
+from webapp.errors import ApiError, validation_error
 
 bp = Blueprint("models", __name__)
 
@@ -90,7 +91,7 @@ def parse_filter() -> ModelFilter:
 @bp.get("/models")
 def list_all() -> Any:
     """Models filtered by name, status, framework and ``label=key:value`` (repeatable), paginated."""
-    return jsonify(model_page(parse_filter()))
+    return jsonify(model_page(services().db, services().cache, parse_filter()))
 
 
 @bp.post("/models")
@@ -118,7 +119,7 @@ def create() -> Any:
 
 @bp.get("/models/<model_id>")
 def get_one(model_id: str) -> Any:
-    model = model_by_id(model_id)
+    model = model_by_id(services().db, services().cache, model_id)
     if model is None:
         raise not_found(model_id)
     return jsonify(model)
@@ -126,7 +127,7 @@ def get_one(model_id: str) -> Any:
 
 @bp.get("/models/by-name/<name>/<version>")
 def get_by_name(name: str, version: str) -> Any:
-    model = model_by_version(name, version)
+    model = model_by_version(services().db, services().cache, name, version)
     if model is None:
         raise ApiError(404, "model-not-found", "Model not found", f"no model {name!r} version {version!r}")
     return jsonify(model)
@@ -217,7 +218,7 @@ def deploy(model_id: str) -> Any:
     commit_and_invalidate()
     try:
         send_task(DEPLOY_TASK, [model.id], CONTROL_QUEUE)
-    except ServiceUnavailable:
+    except PipelineError:
         for gpu in gpus:
             set_deployment(db_session(), model, gpu, "failed", "the deploy could not be queued")
         settle_status(model)
@@ -248,7 +249,7 @@ def undeploy(model_id: str) -> Any:
 @bp.get("/models/<model_id>/stats")
 def model_stats(model_id: str) -> Any:
     """Requests, errors, error rate and latency p50/p95/p99, overall and per GPU."""
-    model = model_by_id(model_id)
+    model = model_by_id(services().db, services().cache, model_id)
     if model is None:
         raise not_found(model_id)
     figures = stats.read(db_session(), services().redis, model_id, services().settings.gpus)

@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-from celery import states
 from flask import Blueprint, jsonify, url_for
 
-from tasks.outcomes import BookkeepingUnavailable, describe_error, task_record
-from webapp import celery_app, services
+from tasks import pipeline
+from webapp import services
 from webapp.auth import current_principal
-from webapp.errors import ApiError, ServiceUnavailable
 
 bp = Blueprint("tasks", __name__)
-
-STATUS = {
-    states.PENDING: "queued",
-    states.RECEIVED: "queued",
-    states.STARTED: "running",
-    states.RETRY: "running",
-    states.SUCCESS: "succeeded",
-    states.FAILURE: "failed",
-    states.REVOKED: "failed",
-}
-
-# Error codes of failed inferences -> the HTTP status a waiting request gets.
-ERROR_STATUS = {"invalid_request": 400, "backend_unavailable": 503, "model_not_loaded": 503}
-
-
-def error_status(code: str) -> int:
-    return ERROR_STATUS.get(code, 500)
 
 
 def accepted(task_id: str) -> Any:
@@ -46,30 +26,21 @@ def accepted(task_id: str) -> Any:
 @bp.get("/tasks/<task_id>")
 def get_task(task_id: str) -> Any:
     """A task's status (queued, running, succeeded, failed) with its result or error."""
-    try:
-        record = task_record(services().redis, task_id)
-    except BookkeepingUnavailable as exc:
-        raise ServiceUnavailable("cache", f"Redis cannot be reached: {exc}") from None
-    if record is None or record.get("tenant") != current_principal().tenant:
-        raise ApiError(404, "task-not-found", "Task not found", f"no task {task_id!r}")
-    meta = celery_app().backend.get_task_meta(task_id)
-    state = meta.get("status", states.PENDING)
+    record = pipeline.task_status(services(), current_principal().tenant, task_id)
     body: dict[str, Any] = {
         "id": task_id,
-        "status": STATUS.get(state, "running"),
-        "model": record.get("model"),
-        "version": record.get("version"),
-        "created_at": datetime.fromtimestamp(float(record["created"]), UTC).isoformat(),
+        "status": record.status,
+        "model": record.model,
+        "version": record.version,
+        "created_at": record.created_at.isoformat(),
     }
-    if meta.get("date_done"):
-        done = meta["date_done"]
-        body["completed_at"] = done.isoformat() if isinstance(done, datetime) else str(done)
-    if state == states.SUCCESS:
-        body["result"] = meta["result"]
-    elif state == states.FAILURE:
-        body["error"] = describe_error(meta["result"])
-    elif state == states.REVOKED:
-        body["error"] = {"code": "cancelled", "message": "the task was revoked"}
-    elif state == states.RETRY:
-        body["error"] = {"code": "retrying", "message": str(meta.get("result"))}
+    if record.completed_at is not None:
+        body["completed_at"] = record.completed_at.isoformat()
+    if record.outcome is not None:
+        if record.outcome["state"] == "SUCCESS":
+            body["result"] = record.outcome["result"]
+        else:
+            body["error"] = record.outcome["error"]
+    elif record.note is not None:
+        body["error"] = record.note
     return jsonify(body)

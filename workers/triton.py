@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
-
-from registry.signatures import NUMPY_DTYPES
+from inferq.tensors import from_numpy, to_numpy
 
 
 class TritonError(Exception):
@@ -117,7 +115,7 @@ class TritonEndpoint:
     def infer(
         self,
         model: str,
-        inputs: Sequence[dict[str, Any]],
+        inputs: Sequence[Mapping[str, Any]],
         outputs: Sequence[str] | None = None,
         version: str = "",
         request_id: str = "",
@@ -146,22 +144,3 @@ class TritonEndpoint:
             array = result.as_numpy(meta["name"])
             tensors.append(from_numpy(meta["name"], meta["datatype"], array))
         return tensors
-
-
-def to_numpy(tensor: dict[str, Any]) -> np.ndarray:
-    """A protocol tensor (flat ``data``) as a numpy array of its datatype and shape."""
-    datatype = tensor["datatype"]
-    if datatype == "BYTES":
-        data = [v.encode() if isinstance(v, str) else v for v in tensor["data"]]
-        return np.array(data, dtype=np.object_).reshape(tensor["shape"])
-    return np.asarray(tensor["data"], dtype=NUMPY_DTYPES[datatype]).reshape(tensor["shape"])
-
-
-def from_numpy(name: str, datatype: str, array: np.ndarray) -> dict[str, Any]:
-    """A numpy array as a protocol tensor with flat, JSON-ready ``data``."""
-    flat = array.reshape(-1)
-    if datatype == "BYTES":
-        data = [v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in flat]
-    else:
-        data = flat.tolist()
-    return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": data}

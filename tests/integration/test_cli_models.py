@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from inferq.cli import main
 from inferq.settings import REPO_ROOT
+from launcher.cli import main
 from tests.fixtures import Stack
 
 pytestmark = pytest.mark.integration

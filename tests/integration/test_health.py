@@ -51,7 +51,7 @@ def test_readyz_is_503_when_triton_stops(stack: Stack, tmp_path: Path) -> None:
 
 
 def test_readyz_is_503_when_the_object_store_is_unreachable(stack: Stack) -> None:
-    from inferq.localstack import free_port
+    from launcher.localstack import free_port
     from webapp import create_app
 
     settings = dataclasses.replace(stack.settings, s3_endpoint=f"http://127.0.0.1:{free_port()}")
@@ -86,7 +86,7 @@ def test_object_store_round_trip_and_presigned_url(stack: Stack) -> None:
 
 
 def test_database_down_is_a_503_not_a_500(stack: Stack) -> None:
-    from inferq.localstack import free_port
+    from launcher.localstack import free_port
     from webapp import create_app
 
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
@@ -103,7 +103,7 @@ def test_database_down_is_a_503_not_a_500(stack: Stack) -> None:
 
 
 def test_redis_down_inference_answers_503_not_a_hang(stack: Stack) -> None:
-    from inferq.localstack import free_port
+    from launcher.localstack import free_port
     from webapp import create_app
 
     dead = f"redis://127.0.0.1:{free_port()}/0"

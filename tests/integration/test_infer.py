@@ -70,19 +70,22 @@ def test_digits_through_the_whole_path_match_onnxruntime(stack: Stack) -> None:
 def test_large_inputs_travel_by_reference(stack: Stack) -> None:
     import dataclasses
 
+    from tasks import pipeline
     from webapp import create_app
 
     app = create_app(dataclasses.replace(stack.settings, inline_payload_max=1024))
     try:
         rows, _ = digits_rows(300, 20)  # 1280 floats: well over 1 KiB of JSON
+        model = pipeline.resolve_model(stack.services, "digits", "1")
+        message, stash = pipeline.infer_message(model, pipeline.check_request(model, infer_body(rows)), 1024)
+        assert "inputs" not in message and stash is not None and len(stash) > 1024
         response = app.test_client().post(
             "/v1/models/digits/infer", json=infer_body(rows), headers=stack.auth()
         )
         assert response.status_code == 200, response.get_data(as_text=True)
         assert output(response.get_json(), "label")["data"] == local_onnx(rows)[0].tolist()
         task_id = response.get_json()["id"]
-        stashed = stack.services.redis.get(f"inferq:payload:{task_id}")
-        assert stashed is not None and len(stashed) > 1024
+        assert stack.services.redis.get(f"inferq:payload:{task_id}") is None, "dropped once the task ended"
         message = stack.client().get(f"/v1/tasks/{task_id}", headers=stack.auth()).get_json()
         assert message["status"] == "succeeded"
     finally:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from inferq.cli import main
+from launcher.cli import main
 from registry.apikeys import ApiKey, hash_key
 from tests.fixtures import Stack
 
@@ -39,8 +41,12 @@ def test_keys_list_and_revoke(stack: Stack) -> None:
     assert stack.client().get("/v1/tasks/x", headers=stack.auth(key)).status_code == 404
     revoked = CliRunner().invoke(main, ["keys", "revoke", key_id], env=env)
     assert revoked.exit_code == 0 and "revoked" in revoked.output
-    response = stack.client().get("/v1/tasks/x", headers=stack.auth(key))
-    assert response.status_code == 401 and response.get_json()["title"] == "Invalid API key"
+    # Each API process reuses a key's lookup for INFERQ_KEY_CACHE_TTL seconds (1 here).
+    deadline = time.monotonic() + stack.settings.key_cache_ttl + 2
+    while (response := stack.client().get("/v1/tasks/x", headers=stack.auth(key))).status_code != 401:
+        assert time.monotonic() < deadline, "a revoked key keeps working past the key cache TTL"
+        time.sleep(0.1)
+    assert response.get_json()["title"] == "Invalid API key"
     missing = CliRunner().invoke(main, ["keys", "revoke", "nope"], env=env)
     assert missing.exit_code == 1 and "no key with id nope" in missing.output
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import inspect, text
 
-from inferq.cli import main
+from launcher.cli import main
 from registry.db import make_engine, upgrade
 from tests.fixtures import _create_postgres_database, _drop_postgres_database
 

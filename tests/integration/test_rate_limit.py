@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from inferq.cli import main
-from inferq.localstack import free_port
+from launcher.cli import main
+from launcher.localstack import free_port
 from registry.apikeys import ApiKey, create_key, hash_key
 from tests.fixtures import Stack
 

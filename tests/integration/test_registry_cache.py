@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from inferq.localstack import free_port
 from inferq.metrics import REGISTRY_CACHE
+from launcher.localstack import free_port
 from tests.fixtures import Stack
 from tests.integration.test_models_api import create, model_body, unique
 

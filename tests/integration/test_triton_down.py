@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from inferq.localstack import free_port
+from launcher.localstack import free_port
 from tests.fixtures import Stack, extra_gpu
 
 pytestmark = pytest.mark.integration

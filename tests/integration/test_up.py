@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from inferq.localstack import free_port, port_open
+from launcher.localstack import free_port, port_open
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,7 @@ def test_up_serves_and_ctrl_c_stops_everything(tmp_path: Path, redis_url: str) -
     log = tmp_path / "up.log"
     with open(log, "wb") as out:
         up = subprocess.Popen(
-            [sys.executable, "-m", "inferq.cli", "up"],
+            [sys.executable, "-m", "launcher.cli", "up"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

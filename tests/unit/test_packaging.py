@@ -32,7 +32,7 @@ def test_wheel_has_migrations_and_the_triton_wrapper(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {
         "celeryconfig.py",
-        "inferq/triton_onnx_model.py",
+        "launcher/triton_onnx_model.py",
         "webapp/openapi.yaml",
         "registry/migrations/env.py",
         "registry/migrations/script.py.mako",
@@ -44,4 +44,4 @@ def test_wheel_has_migrations_and_the_triton_wrapper(tmp_path: Path) -> None:
     assert expected <= names, expected - names
     assert not any(name.startswith("tests/") for name in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "inferq = inferq.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "inferq = launcher.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -66,11 +66,14 @@ def test_each_gpu_worker_is_pinned_to_its_queue_and_device(compose: dict[str, An
 
 def test_dockerfile_copies_every_package_and_serves_the_app() -> None:
     dockerfile = (DOCKER / "Dockerfile").read_text()
-    for package in ("inferq", "webapp", "tasks", "registry", "workers"):
+    for package in ("inferq", "launcher", "webapp", "tasks", "registry", "workers"):
         assert f"COPY {package} {package}" in dockerfile
         assert (REPO_ROOT / package / "__init__.py").exists()
     assert "celeryconfig.py" in dockerfile and "constraints.txt" in dockerfile
-    assert '"webapp:create_app()"' in dockerfile
+    assert 'CMD ["inferq", "api"]' in dockerfile  # gunicorn as INFERQ_API_* say
+    from launcher.cli import main
+
+    assert "api" in main.commands
 
 
 def test_prometheus_scrapes_what_compose_runs(compose: dict[str, Any]) -> None:

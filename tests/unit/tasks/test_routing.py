@@ -4,31 +4,31 @@ import random
 
 import pytest
 
-from tasks.breaker import BreakerPolicy, open_for, open_if_tripped
-from tasks.routing import GpuState, NoRoute, choose_gpu, route_request
+from tasks.routing import NoRoute, choose_gpu, route_request
+from workers.gpu_state import BreakerPolicy, GpuLoad, GpuStates, open_for
 
 
 def test_least_loaded_gpu_wins() -> None:
-    assert choose_gpu([0, 1, 2], {0: GpuState(5), 1: GpuState(1), 2: GpuState(3)}) == 1
+    assert choose_gpu([0, 1, 2], {0: GpuLoad(5), 1: GpuLoad(1), 2: GpuLoad(3)}) == 1
 
 
 def test_ties_are_shared() -> None:
     rng = random.Random(1)
-    picks = {choose_gpu([0, 1], {0: GpuState(2), 1: GpuState(2)}, rng) for _ in range(50)}
+    picks = {choose_gpu([0, 1], {0: GpuLoad(2), 1: GpuLoad(2)}, rng) for _ in range(50)}
     assert picks == {0, 1}
 
 
 def test_unknown_state_counts_as_idle_and_closed() -> None:
-    assert choose_gpu([0, 1], {0: GpuState(1)}) == 1
+    assert choose_gpu([0, 1], {0: GpuLoad(1)}) == 1
 
 
 def test_an_open_breaker_drains_its_gpu_even_when_idle() -> None:
-    assert choose_gpu([0, 1], {0: GpuState(0, open_for=12.0), 1: GpuState(40)}) == 1
+    assert choose_gpu([0, 1], {0: GpuLoad(0, open_for=12.0), 1: GpuLoad(40)}) == 1
 
 
 def test_all_breakers_open_fails_fast_with_the_shortest_wait() -> None:
     with pytest.raises(NoRoute) as error:
-        choose_gpu([0, 1], {0: GpuState(0, open_for=12.0), 1: GpuState(0, open_for=3.0)})
+        choose_gpu([0, 1], {0: GpuLoad(0, open_for=12.0), 1: GpuLoad(0, open_for=3.0)})
     assert error.value.retry_after == 3.0 and "breakers open" in str(error.value)
 
 
@@ -53,8 +53,9 @@ class FakeHash:
 def test_breaker_opens_at_the_threshold_for_the_cooldown() -> None:
     policy = BreakerPolicy(threshold=3, cooldown=30)
     client = FakeHash()
-    assert not open_if_tripped(client, 0, 2, policy, now=1000.0)
-    assert open_if_tripped(client, 0, 3, policy, now=1000.0)
+    states = GpuStates(client, None, policy)  # type: ignore[arg-type]
+    assert not states.open_if_tripped(0, 2, now=1000.0)
+    assert states.open_if_tripped(0, 3, now=1000.0)
     assert open_for(client.values["open_until"], now=1010.0) == pytest.approx(20.0)
     assert open_for(client.values["open_until"], now=1031.0) == 0.0  # half-open: traffic flows again
     assert open_for(None) == 0.0

@@ -18,7 +18,8 @@ from typing import Any
 
 import requests
 
-from inferq.localstack import (
+from inferq.settings import CONTROL_QUEUE, Settings, gpu_queue
+from launcher.localstack import (
     ManagedProcess,
     StartupError,
     TritonPorts,
@@ -29,8 +30,7 @@ from inferq.localstack import (
     triton_process,
     url_host_port,
 )
-from inferq.services import Services
-from inferq.settings import CONTROL_QUEUE, Settings, gpu_queue
+from tasks.runtime import Services
 
 DEV_TENANT = "dev"
 DEV_RATE_LIMIT = "100000/minute"
@@ -45,20 +45,33 @@ def celery_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "tasks", *args]
 
 
-def worker_argv(queue: str, concurrency: int, name: str) -> list[str]:
-    """The celery command line of a worker consuming only ``queue``."""
+def worker_argv(queue: str, concurrency: int, name: str, pool: str = "prefork") -> list[str]:
+    """The celery command line of a worker consuming only ``queue``.
+
+    No gossip or mingle: workers need nothing from each other, and gossip would have
+    every worker decode every other worker's events.
+    """
     return celery_argv(
         "worker",
         "-Q",
         queue,
         "-n",
         f"{name}@%h",
+        "--pool",
+        pool,
         "--concurrency",
         str(concurrency),
         "--loglevel",
         "INFO",
+        "--without-gossip",
+        "--without-mingle",
         "-E",
     )
+
+
+def gpu_worker_argv(settings: Settings, gpu: int, name: str) -> list[str]:
+    """A GPU worker: the threads pool by default (its tasks wait on Triton; one process, one import)."""
+    return worker_argv(gpu_queue(gpu), settings.gpu_worker_concurrency, name, settings.gpu_worker_pool)
 
 
 def worker_env(settings: Settings, gpu: int | None) -> dict[str, str]:
@@ -71,6 +84,29 @@ def worker_env(settings: Settings, gpu: int | None) -> dict[str, str]:
     else:
         env["CUDA_VISIBLE_DEVICES"] = ""  # the control worker never touches a GPU
     return env
+
+
+def api_argv(settings: Settings) -> list[str]:
+    """The API under gunicorn, as ``INFERQ_API_*`` say: gevent workers by default, so a request
+    waiting for its result (or a client sending slowly) holds a greenlet, not a thread others need."""
+    s = settings
+    argv = [sys.executable, "-m", "gunicorn", "--worker-class", s.api_server, "--workers", str(s.api_workers)]
+    if s.api_server == "gthread":
+        argv += ["--threads", str(s.api_threads)]
+    elif s.api_server == "gevent":
+        argv += ["--worker-connections", str(s.api_connections)]
+    return [
+        *argv,
+        "--bind",
+        f"{s.api_host}:{s.api_port}",
+        "--timeout",
+        str(int(s.sync_timeout_max) + 30),
+        "--graceful-timeout",
+        "10",
+        "--access-logfile",
+        "-",
+        "webapp:create_app()",
+    ]
 
 
 class Stack:
@@ -155,7 +191,8 @@ class Stack:
             self.say(f"triton     {url} for gpu {', '.join(map(str, gpus))}")
 
     def deploy_models(self, services: Services) -> None:
-        from registry.deploy import deploy, register_repository
+        from registry.deploy import register_repository
+        from tasks.deploy import deploy
 
         with services.db.session() as session:
             for model in register_repository(session, Path(self.settings.model_repository)):
@@ -172,7 +209,7 @@ class Stack:
             self._start(
                 ManagedProcess(
                     f"worker-{name}",
-                    worker_argv(gpu_queue(gpu), s.worker_concurrency, name),
+                    gpu_worker_argv(s, gpu, name),
                     env=worker_env(s, gpu),
                     log_path=self._log(f"worker-{name}"),
                 )
@@ -180,7 +217,7 @@ class Stack:
         self._start(
             ManagedProcess(
                 "worker-control",
-                worker_argv(CONTROL_QUEUE, 2, "control"),
+                worker_argv(CONTROL_QUEUE, s.worker_concurrency, "control"),
                 env=worker_env(s, None),
                 log_path=self._log("worker-control"),
             )
@@ -188,24 +225,7 @@ class Stack:
 
     def start_api(self) -> None:
         s = self.settings
-        argv = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--worker-class",
-            "gthread",
-            "--workers",
-            "1",
-            "--threads",
-            str(s.api_threads),
-            "--bind",
-            f"{s.api_host}:{s.api_port}",
-            "--timeout",
-            str(int(s.sync_timeout_max) + 30),
-            "--access-logfile",
-            "-",
-            "webapp:create_app()",
-        ]
+        argv = api_argv(s)
         process = self._start(ManagedProcess("api", argv, env=worker_env(s, None), log_path=self._log("api")))
         url = f"http://{s.api_host}:{s.api_port}/healthz"
         process.wait_until(partial(http_ok, url), 60, "serving")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inferq.localstack import build_local_repository
 from inferq.settings import REPO_ROOT
+from launcher.localstack import build_local_repository
 from registry.triton_repository import describe_model_dir, read_model_config
 
 

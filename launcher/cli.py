@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from inferq.settings import CONTROL_QUEUE, Settings, gpu_queue, load_settings
+from inferq.settings import CONTROL_QUEUE, Settings, load_settings
 
 if TYPE_CHECKING:
     from inferq.client import Client
@@ -29,31 +30,50 @@ def main(ctx: click.Context) -> None:
 @click.pass_obj
 def up(settings: Settings) -> None:
     """Run the whole local stack in the foreground (Ctrl-C stops all)."""
-    from inferq.stack import run_up
+    from launcher.stack import run_up
 
     sys.exit(run_up(settings))
 
 
 @main.command()
 @click.option("--gpu", type=int, help="GPU index: consume only queue gpu.N with CUDA_VISIBLE_DEVICES=N.")
+@click.option("--control", is_flag=True, help="Consume the control queue (deploys and maintenance).")
 @click.option(
-    "--control", is_flag=True, help="Consume the control queue (planning, finalizing, maintenance)."
-)
-@click.option(
-    "--concurrency", type=int, default=None, help="Worker processes (default INFERQ_WORKER_CONCURRENCY)."
+    "--concurrency",
+    type=int,
+    default=None,
+    help="Threads of a GPU worker (default INFERQ_GPU_WORKER_CONCURRENCY), processes of the control "
+    "worker (INFERQ_WORKER_CONCURRENCY).",
 )
 @click.pass_obj
 def worker(settings: Settings, gpu: int | None, control: bool, concurrency: int | None) -> None:
     """Start one Celery worker pinned to a GPU (or the control worker)."""
-    from inferq.stack import worker_argv, worker_env
+    from launcher.stack import gpu_worker_argv, worker_argv, worker_env
 
     if (gpu is None) == (not control):
         raise click.UsageError("give exactly one of --gpu N or --control")
     if gpu is not None and gpu not in settings.gpus:
         raise click.UsageError(f"GPU {gpu} is not in INFERQ_GPUS ({settings.gpus})")
-    queue, name = (gpu_queue(gpu), f"gpu{gpu}") if gpu is not None else (CONTROL_QUEUE, "control")
-    argv = worker_argv(queue, concurrency or settings.worker_concurrency, name)
+    if gpu is not None:
+        if concurrency:
+            settings = dataclasses.replace(settings, gpu_worker_concurrency=concurrency)
+        argv = gpu_worker_argv(settings, gpu, f"gpu{gpu}")
+    else:
+        argv = worker_argv(CONTROL_QUEUE, concurrency or settings.worker_concurrency, "control")
     os.execve(argv[0], argv, worker_env(settings, gpu))
+
+
+@main.command("api")
+@click.pass_obj
+def serve_api(settings: Settings) -> None:
+    """Serve the API under gunicorn as INFERQ_API_* say (what `inferq up` and the image run).
+
+    Example: INFERQ_API_HOST=0.0.0.0 INFERQ_API_WORKERS=2 inferq api
+    """
+    from launcher.stack import api_argv, worker_env
+
+    argv = api_argv(settings)
+    os.execve(argv[0], argv, worker_env(settings, None))
 
 
 @main.group()

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from inferq.localstack import ManagedProcess
+from launcher.localstack import ManagedProcess
 
 
 def gone(pid: int, timeout: float = 5.0) -> bool:
@@ -39,10 +39,10 @@ def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
 
 
 def test_children_die_when_the_launcher_is_killed(tmp_path: Path) -> None:
-    launcher = tmp_path / "launcher.py"
+    launcher = tmp_path / "parent.py"
     launcher.write_text(
         "import sys, time\n"
-        "from inferq.localstack import ManagedProcess\n"
+        "from launcher.localstack import ManagedProcess\n"
         "child = ManagedProcess('sleep', ['sleep', '60']).start()\n"
         "print(child.pid, flush=True)\n"
         "time.sleep(60)\n"

@@ -1,0 +1,202 @@
+"""Task bookkeeping in Redis: who owns a sync task, its state and outcome, its stashed inputs,
+the wake-up of the request waiting on it, and how many sync requests each tenant has waiting.
+
+This module owns those keys. The outcome of an inference is stored here once (the
+Celery result backend does not keep inference results): ``GET /v1/tasks/{id}``
+reads it from the record, and the waiting request is handed it through a list it
+blocks on (BLPOP), so it wakes at once without polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, TypedDict
+
+from inferq.services import Redis, RedisError
+
+RECORD_KEY = "inferq:task:{}"
+WAKE_KEY = "inferq:outcome:{}"
+PAYLOAD_KEY = "inferq:payload:{}"
+WAITING_KEY = "inferq:waiting:{}"
+WAKE_TTL = 120
+WAITING_TTL = 300  # a count left high by a killed API process heals after this long
+
+
+class BookkeepingUnavailable(RuntimeError):
+    """Redis, which holds task records and wake-ups, cannot be reached."""
+
+
+class TaskError(TypedDict):
+    code: str
+    message: str
+
+
+class Outcome(TypedDict, total=False):
+    """How a task ended: ``state`` SUCCESS with ``result``, or FAILURE with ``error``."""
+
+    state: Literal["SUCCESS", "FAILURE"]
+    result: dict[str, Any]
+    error: TaskError
+
+
+TaskState = Literal["queued", "running", "succeeded", "failed"]
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """A sync task as its owner sees it."""
+
+    id: str
+    tenant: str
+    model: str
+    version: str
+    status: TaskState
+    created_at: datetime
+    completed_at: datetime | None = None
+    outcome: Outcome | None = None
+    note: TaskError | None = None  # e.g. retrying after a failed attempt
+
+
+def describe_error(exc: BaseException) -> TaskError:
+    """``{code, message}`` for a task's exception, as the API shows it."""
+    code = getattr(exc, "code", None) or type(exc).__name__
+    message = getattr(exc, "message", None) or str(exc)
+    return {"code": str(code), "message": str(message)}
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class TaskBook:
+    """Task records, stashed inputs, wake-ups and per-tenant waiting counts in one Redis."""
+
+    def __init__(self, client: Redis, blocking_client: Redis, ttl: int) -> None:
+        self.client = client
+        self.blocking = blocking_client  # its socket timeout outlasts the longest wait
+        self.ttl = ttl
+
+    def open(
+        self,
+        task_id: str,
+        tenant: str,
+        model: str,
+        version: str,
+        payload: bytes | None = None,
+        waiting_cap: int = 0,
+    ) -> bool:
+        """Record a new task of ``tenant`` (and stash a large payload), in one round trip.
+
+        With ``waiting_cap`` the request will wait for its outcome: it counts against
+        the tenant's waiting requests, and when that count would pass the cap nothing is
+        recorded and False is returned (the caller answers 429). Call :meth:`stop_waiting`
+        when the wait ends.
+        """
+        record = {
+            "tenant": tenant,
+            "model": model,
+            "version": version,
+            "status": "queued",
+            "created": f"{time.time():.3f}",
+        }
+        key = RECORD_KEY.format(task_id)
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                if waiting_cap:
+                    pipe.incr(WAITING_KEY.format(tenant))
+                    pipe.expire(WAITING_KEY.format(tenant), WAITING_TTL)
+                pipe.hset(key, mapping=record)
+                pipe.expire(key, self.ttl)
+                if payload is not None:
+                    pipe.set(PAYLOAD_KEY.format(task_id), payload, ex=self.ttl)
+                replies = pipe.execute()
+                if waiting_cap and int(replies[0]) > waiting_cap:
+                    pipe.decr(WAITING_KEY.format(tenant))
+                    pipe.delete(key, PAYLOAD_KEY.format(task_id))
+                    pipe.execute()
+                    return False
+        except RedisError as exc:
+            raise BookkeepingUnavailable(str(exc)) from exc
+        return True
+
+    def stop_waiting(self, tenant: str) -> None:
+        """One waiting request of ``tenant`` is done waiting (never raises: the count heals by TTL)."""
+        with contextlib.suppress(RedisError):
+            self.client.decr(WAITING_KEY.format(tenant))
+
+    def forget(self, task_id: str, tenant: str | None = None) -> None:
+        """Drop the record of a task that was never queued (its publish failed)."""
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.delete(RECORD_KEY.format(task_id), PAYLOAD_KEY.format(task_id))
+                if tenant is not None:
+                    pipe.decr(WAITING_KEY.format(tenant))
+                pipe.execute()
+        except RedisError:
+            pass
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        """The record of a task, or None when unknown or expired."""
+        try:
+            raw: Any = self.client.hgetall(RECORD_KEY.format(task_id))
+        except RedisError as exc:
+            raise BookkeepingUnavailable(str(exc)) from exc
+        if not raw:
+            return None
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        done = fields.get("done")
+        return TaskRecord(
+            id=task_id,
+            tenant=fields.get("tenant", ""),
+            model=fields.get("model", ""),
+            version=fields.get("version", ""),
+            status=fields.get("status", "queued"),
+            created_at=datetime.fromtimestamp(float(fields.get("created", "0")), UTC),
+            completed_at=datetime.fromtimestamp(float(done), UTC) if done else None,
+            outcome=json.loads(fields["outcome"]) if "outcome" in fields else None,
+            note=json.loads(fields["note"]) if "note" in fields else None,
+        )
+
+    def load_payload(self, task_id: str) -> Any:
+        """The stashed inputs of a task; LookupError when they expired."""
+        raw: Any = self.client.get(PAYLOAD_KEY.format(task_id))
+        if raw is None:
+            raise LookupError(f"the inputs of task {task_id} expired before it ran")
+        return json.loads(raw)
+
+    # Worker side: pipelined with the GPU's in-flight count (see ``tasks.signals``).
+
+    def add_running(self, pipe: Any, task_id: str) -> None:
+        pipe.hset(RECORD_KEY.format(task_id), "status", "running")
+
+    def add_retrying(self, pipe: Any, task_id: str, note: TaskError) -> None:
+        pipe.hset(RECORD_KEY.format(task_id), mapping={"status": "running", "note": _dumps(note)})
+
+    def add_outcome(self, pipe: Any, task_id: str, outcome: Outcome) -> None:
+        """Store the outcome in the record and hand it to the waiting request; drop stashed inputs."""
+        record = RECORD_KEY.format(task_id)
+        encoded = _dumps(outcome)
+        status = "succeeded" if outcome["state"] == "SUCCESS" else "failed"
+        pipe.hset(record, mapping={"status": status, "outcome": encoded, "done": f"{time.time():.3f}"})
+        pipe.hdel(record, "note")
+        pipe.delete(PAYLOAD_KEY.format(task_id))
+        wake = WAKE_KEY.format(task_id)
+        pipe.rpush(wake, encoded)
+        pipe.expire(wake, WAKE_TTL)
+
+    def wait(self, task_id: str, timeout: float) -> Outcome | None:
+        """Block up to ``timeout`` seconds for the outcome of ``task_id``; None when it is not done."""
+        if timeout <= 0:
+            return None
+        try:
+            item: Any = self.blocking.blpop([WAKE_KEY.format(task_id)], timeout=timeout)
+        except RedisError as exc:
+            raise BookkeepingUnavailable(str(exc)) from exc
+        if item is None:
+            return None
+        outcome: Outcome = json.loads(item[1])
+        return outcome

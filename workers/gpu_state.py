@@ -1,0 +1,199 @@
+"""What the router knows of each GPU: its circuit breaker, tasks in flight, and its queue's depth.
+
+Breakers and in-flight counts are shared by every process through Redis (this
+module owns those keys); queue depth is asked of the broker itself, so it is
+right when the broker is RabbitMQ or another Redis than the cache.
+
+Breaker: a worker counts consecutive failures to reach its GPU's Triton; at
+``threshold`` the breaker opens for ``cooldown`` seconds and the router sends
+nothing there. After the cool-down it is half-open: requests flow again, one more
+failure opens it at once, one success closes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from inferq.services import Redis, RedisError, redis_client
+from inferq.settings import gpu_queue
+
+log = logging.getLogger(__name__)
+
+BREAKER_KEY = "inferq:breaker:{}"
+INFLIGHT_KEY = "inferq:inflight:{}"
+INFLIGHT_TTL = 600  # a counter left high by a killed worker heals after this long
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    threshold: int
+    cooldown: float
+
+
+@dataclass(frozen=True)
+class GpuLoad:
+    """One GPU as the router sees it: waiting plus running tasks, and how long its breaker stays open."""
+
+    load: int = 0
+    open_for: float = 0.0
+
+
+def open_for(raw_open_until: bytes | str | None, now: float | None = None) -> float:
+    """Seconds a breaker stays open (0 when closed or half-open)."""
+    if raw_open_until is None:
+        return 0.0
+    return max(0.0, float(raw_open_until) - (now or time.time()))
+
+
+class QueueDepths:
+    """Messages waiting in each ``gpu.N`` queue, asked of the broker.
+
+    A Redis broker keeps a queue as a list named after it (one pipelined LLEN);
+    any other broker (RabbitMQ) answers a passive queue declaration, which costs
+    a round trip per queue, so its answers are reused for ``max_age`` seconds.
+    """
+
+    def __init__(self, broker_url: str, same_redis: Redis | None = None, max_age: float = 0.5) -> None:
+        self.broker_url = broker_url
+        self.is_redis = urlsplit(broker_url).scheme in ("redis", "rediss", "unix")
+        self._redis = same_redis
+        self._max_age = max_age
+        self._cached: tuple[float, dict[str, int]] = (0.0, {})
+        self._lock = threading.Lock()
+        self._connection: Any = None
+
+    def redis(self) -> Redis:
+        if self._redis is None:
+            self._redis = redis_client(self.broker_url, 1.0)
+        return self._redis
+
+    def add_to(self, pipe: Any, queues: Sequence[str]) -> bool:
+        """Queue the depth reads on a pipeline of the same Redis; False when the broker is elsewhere."""
+        if not self.is_redis or self._redis is None:
+            return False
+        for queue in queues:
+            pipe.llen(queue)
+        return True
+
+    def depths(self, queues: Sequence[str]) -> dict[str, int]:
+        """Depth of each queue; queues the broker cannot say are left out."""
+        if self.is_redis:
+            try:
+                with self.redis().pipeline(transaction=False) as pipe:
+                    for queue in queues:
+                        pipe.llen(queue)
+                    return {q: int(n or 0) for q, n in zip(queues, pipe.execute(), strict=True)}
+            except RedisError as exc:
+                log.warning("queue depth unknown: %s", exc)
+                return {}
+        with self._lock:
+            stamp, cached = self._cached
+            if time.monotonic() - stamp < self._max_age and set(queues) <= set(cached):
+                return {q: cached[q] for q in queues}
+            found = self._declare_passive(queues)
+            self._cached = (time.monotonic(), found)
+            return found
+
+    def _declare_passive(self, queues: Sequence[str]) -> dict[str, int]:
+        from kombu import Connection
+
+        found: dict[str, int] = {}
+        try:
+            if self._connection is None:
+                self._connection = Connection(self.broker_url, connect_timeout=1)
+            channel = self._connection.default_channel
+            for queue in queues:
+                found[queue] = int(channel.queue_declare(queue, passive=True).message_count)
+        except Exception as exc:  # noqa: BLE001 - any broker error: depth unknown, routing goes on
+            log.warning("queue depth unknown: %s", exc)
+            if self._connection is not None:
+                self._connection.release()
+            self._connection = None
+        return found
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.release()
+            self._connection = None
+
+
+class GpuStates:
+    """Breakers and in-flight counts in Redis, and queue depths from the broker."""
+
+    def __init__(self, client: Redis, depths: QueueDepths, policy: BreakerPolicy) -> None:
+        self.client = client
+        self.depths = depths
+        self.policy = policy
+
+    def loads(self, gpus: Sequence[int]) -> dict[int, GpuLoad]:
+        """Load and breaker of each GPU in one round trip (two when the broker is elsewhere).
+
+        Empty when Redis cannot say: the router then treats every GPU as idle and closed.
+        """
+        queues = [gpu_queue(gpu) for gpu in gpus]
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for queue in queues:
+                    pipe.get(INFLIGHT_KEY.format(queue))
+                    pipe.hget(BREAKER_KEY.format(queue), "open_until")
+                inline = self.depths.add_to(pipe, queues)
+                replies = pipe.execute()
+        except RedisError:
+            return {}
+        depth = (
+            dict(zip(queues, replies[2 * len(gpus) :], strict=True)) if inline else self.depths.depths(queues)
+        )
+        now = time.time()
+        return {
+            gpu: GpuLoad(
+                int(depth.get(queue) or 0) + max(0, int(replies[2 * i] or 0)),
+                open_for(replies[2 * i + 1], now),
+            )
+            for i, (gpu, queue) in enumerate(zip(gpus, queues, strict=True))
+        }
+
+    # In flight: counted by the worker around each task attempt.
+
+    def add_started(self, pipe: Any, queue: str) -> None:
+        key = INFLIGHT_KEY.format(queue)
+        pipe.incr(key)
+        pipe.expire(key, INFLIGHT_TTL)
+
+    def add_finished(self, pipe: Any, queue: str) -> None:
+        pipe.decr(INFLIGHT_KEY.format(queue))
+
+    # Breakers: one update per attempt, pipelined with the attempt's statistics.
+
+    def add_attempt(self, pipe: Any, gpu: int, reachable: bool) -> None:
+        """Queue the breaker update of one attempt: a success closes, a failure to reach Triton counts."""
+        key = BREAKER_KEY.format(gpu_queue(gpu))
+        if reachable:
+            pipe.delete(key)
+        else:
+            pipe.hincrby(key, "failures", 1)
+            pipe.expire(key, int(self.policy.cooldown * 10) + 60)
+
+    def open_if_tripped(self, gpu: int, failures: int, now: float | None = None) -> bool:
+        """Open the breaker when ``failures`` (the count after this failure) reached the threshold."""
+        if failures < self.policy.threshold:
+            return False
+        self.client.hset(
+            BREAKER_KEY.format(gpu_queue(gpu)),
+            "open_until",
+            f"{(now or time.time()) + self.policy.cooldown:.3f}",
+        )
+        return True
+
+    def breaker_open_for(self, gpu: int) -> float:
+        """Seconds GPU ``gpu``'s breaker stays open (0 when closed, or when Redis cannot say)."""
+        try:
+            raw: Any = self.client.hget(BREAKER_KEY.format(gpu_queue(gpu)), "open_until")
+            return open_for(raw)
+        except RedisError:
+            return 0.0

@@ -106,9 +106,7 @@ def parse_line(
             line, INVALID_CUSTOM_ID, f"custom_id must be a string of 1 to {MAX_CUSTOM_ID} characters"
         )
     if custom_id in seen:
-        return LineError(
-            line, DUPLICATE_CUSTOM_ID, f"custom_id {custom_id!r} is used by an earlier line", custom_id
-        )
+        return duplicate_error(line, custom_id)
     seen.add(custom_id)
     problems = [
         f"/{key}: unknown field; allowed: {', '.join(LINE_FIELDS)}" for key in body if key not in LINE_FIELDS
@@ -124,6 +122,38 @@ def parse_line(
         message = shown + (f" (and {more} more)" if more > 0 else "")
         return LineError(line, INVALID_INPUT, message, custom_id)
     return BatchRequest(line, custom_id, checked, requested, parameters)
+
+
+def duplicate_error(line: int, custom_id: str) -> LineError:
+    """The error of line ``line``, whose ``custom_id`` an earlier line of the file already has."""
+    return LineError(
+        line, DUPLICATE_CUSTOM_ID, f"custom_id {custom_id!r} is used by an earlier line", custom_id
+    )
+
+
+def recheck_line(
+    raw: bytes,
+    line: int,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    duplicate: bool,
+    max_line_bytes: int,
+) -> BatchRequest | LineError | None:
+    """Parse a line again, away from the rest of the file (a chunk re-reading its own lines).
+
+    Everything :func:`parse_line` decides from the line alone comes out the same;
+    whether its custom_id is a ``duplicate`` of an earlier line is what the planner,
+    which saw the whole file, found and recorded.
+    """
+    parsed = parse_line(raw, line, inputs, outputs, set(), max_line_bytes)
+    # Only a line whose custom_id is well formed can be a duplicate: a valid request, or one
+    # whose inputs are wrong (the planner found the repeat before looking at the inputs).
+    claims_id = isinstance(parsed, BatchRequest) or (
+        isinstance(parsed, LineError) and parsed.code == INVALID_INPUT
+    )
+    if duplicate and claims_id and parsed is not None and parsed.custom_id is not None:
+        return duplicate_error(line, parsed.custom_id)
+    return parsed
 
 
 def _content_length(raw: bytes) -> int:

@@ -13,7 +13,7 @@ processes racing to, say, start finalizing, exactly one is told it did.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -29,8 +29,10 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -200,6 +202,9 @@ class Chunk(Base):
     error_part_key: Mapped[str | None] = mapped_column(String(512), nullable=True, default=None)
     ok_count: Mapped[int] = mapped_column(Integer, default=0)
     error_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Line numbers in this chunk whose custom_id an earlier line of the file has (found by the
+    # planner, which reads the whole file; the chunk, reading only its own lines, cannot tell).
+    duplicate_lines: Mapped[list[int] | None] = mapped_column(JSON, nullable=True, default=None)
 
 
 @dataclass(frozen=True)
@@ -219,9 +224,16 @@ def batch_prefix(tenant: str, batch_id: str) -> str:
     return f"{tenant_prefix(tenant)}batches/{batch_id}/"
 
 
-def chunk_part_keys(tenant: str, batch_id: str, index: int) -> tuple[str, str]:
-    """The keys of chunk ``index``'s output part and error part: fixed, so a re-run overwrites."""
+def chunk_part_keys(tenant: str, batch_id: str, index: int, run: str = "") -> tuple[str, str]:
+    """The keys of chunk ``index``'s output part and error part.
+
+    Without ``run`` they are fixed, so a re-run overwrites. With ``run`` (one name per
+    execution of the chunk) two executions never write over each other's parts, and the
+    pair that :func:`complete_chunk` records is always one execution's own.
+    """
     base = f"{batch_prefix(tenant, batch_id)}parts/{index:08d}"
+    if run:
+        base = f"{base}.{run}"
     return f"{base}.output.jsonl", f"{base}.error.jsonl"
 
 
@@ -312,6 +324,13 @@ def create_batch(
     if existing is None:  # pragma: no cover - the row exists: inserted here or by the winner
         raise RuntimeError(f"batch with idempotency key {idempotency_key!r} vanished")
     return existing, created
+
+
+def batch_by_idempotency_key(session: Session, tenant: str, idempotency_key: str) -> Batch | None:
+    """The tenant's batch created with ``idempotency_key``, if any."""
+    return session.scalar(
+        select(Batch).where(Batch.tenant == tenant, Batch.idempotency_key == idempotency_key)
+    )
 
 
 def get_batch(session: Session, tenant: str, batch_id: str) -> Batch | None:
@@ -405,12 +424,15 @@ def mark_failed(session: Session, batch_id: str, code: str, message: str) -> boo
 def mark_cancelled(
     session: Session, batch_id: str, output_file_id: str | None = None, error_file_id: str | None = None
 ) -> bool:
-    """A cancelled batch's finished part is written: ``cancelling -> cancelled``."""
+    """A cancelled batch's finished part is written: ``cancelling -> cancelled``.
+
+    ``cancelled_at`` stays the time the cancel was asked for (:func:`cancel_batch` sets it).
+    """
     return _transition(
         session,
         batch_id,
         "cancelled",
-        cancelled_at=utcnow(),
+        cancelled_at=func.coalesce(Batch.cancelled_at, utcnow()),
         output_file_id=output_file_id,
         error_file_id=error_file_id,
     )
@@ -428,7 +450,7 @@ def cancel_batch(session: Session, tenant: str, batch_id: str) -> Cancellation |
     batch = get_batch(session, tenant, batch_id)
     if batch is None:
         return None
-    if not _transition(session, batch_id, "cancelling"):
+    if not _transition(session, batch_id, "cancelling", cancelled_at=utcnow()):
         session.refresh(batch)
         if batch.status in ("cancelling", "cancelled"):
             return Cancellation(batch, False, [])
@@ -450,15 +472,29 @@ def cancel_batch(session: Session, tenant: str, batch_id: str) -> Cancellation |
 # --- chunks ---------------------------------------------------------------------------
 
 
-def add_chunks(session: Session, batch_id: str, specs: Iterable[ChunkSpec]) -> int:
+def add_chunks(
+    session: Session,
+    batch_id: str,
+    specs: Iterable[ChunkSpec],
+    *,
+    duplicates: Mapping[int, Sequence[int]] | None = None,
+    sends: Mapping[int, tuple[str, str]] | None = None,
+) -> int:
     """Record the planned chunks of a batch (status ``pending``); returns how many.
 
     ``specs`` may be a generator (:func:`registry.batch_input.plan_chunks`): rows
-    are inserted a thousand at a time.
+    are inserted a thousand at a time. ``duplicates`` (chunk index -> line numbers)
+    records the lines of a chunk whose custom_id an earlier line has. ``sends``
+    (chunk index -> (queue, task id)) records chunks as sent at once (status
+    ``queued``, one attempt), as :func:`mark_chunk_sent` would, in the same insert:
+    commit, then send the tasks.
     """
     count = 0
     rows: list[dict[str, Any]] = []
+    now = utcnow()
     for spec in specs:
+        send = sends.get(spec.index) if sends is not None else None
+        duplicate_lines = duplicates.get(spec.index) if duplicates is not None else None
         rows.append(
             {
                 "id": new_id(),
@@ -468,10 +504,14 @@ def add_chunks(session: Session, batch_id: str, specs: Iterable[ChunkSpec]) -> i
                 "end_byte": spec.end,
                 "first_line": spec.first_line,
                 "line_count": spec.line_count,
-                "status": "pending",
-                "attempts": 0,
+                "status": "pending" if send is None else "queued",
+                "queue": None if send is None else send[0],
+                "task_id": None if send is None else send[1],
+                "sent_at": None if send is None else now,
+                "attempts": 0 if send is None else 1,
                 "ok_count": 0,
                 "error_count": 0,
+                "duplicate_lines": list(duplicate_lines) if duplicate_lines else None,
             }
         )
         if len(rows) == CHUNK_INSERT_BATCH:
@@ -485,6 +525,15 @@ def add_chunks(session: Session, batch_id: str, specs: Iterable[ChunkSpec]) -> i
 
 def get_chunk(session: Session, chunk_id: str) -> Chunk | None:
     return session.get(Chunk, chunk_id, populate_existing=True)
+
+
+def get_chunk_at(session: Session, batch_id: str, index: int) -> Chunk | None:
+    """Chunk number ``index`` of a batch (what a chunk task's message names)."""
+    return session.scalar(
+        select(Chunk)
+        .where(Chunk.batch_id == batch_id, Chunk.index == index)
+        .execution_options(populate_existing=True)
+    )
 
 
 def list_chunks(session: Session, batch_id: str, status: str | None = None) -> list[Chunk]:
@@ -585,18 +634,66 @@ def chunks_left(session: Session, batch_id: str) -> int:
 
 
 def lost_chunks(session: Session, older_than: datetime, limit: int = 100) -> list[Chunk]:
-    """Queued chunks of in-progress batches sent before ``older_than`` and not done: to send again.
+    """Chunks of planned batches (queued or in progress) that may need sending again.
 
-    Their message may be lost (a Redis restart, a worker killed with ``-9``);
-    re-sending one that was merely slow is harmless, as completion counts once.
-    Oldest sends first.
+    Queued chunks sent before ``older_than`` and not done: their message may be lost
+    (a Redis restart, a worker killed with ``-9``); re-sending one that was merely slow
+    is harmless, as completion counts once. And pending chunks, never sent, of batches
+    created before ``older_than`` (a planner that died between its commit and its sends).
+    Oldest sends first, never-sent ones last.
     """
     return list(
         session.scalars(
             select(Chunk)
             .join(Batch, Batch.id == Chunk.batch_id)
-            .where(Chunk.status == "queued", Chunk.sent_at < older_than, Batch.status == "in_progress")
-            .order_by(Chunk.sent_at, Chunk.id)
+            .where(
+                Batch.status.in_(SENDING_STATUSES),
+                or_(
+                    and_(Chunk.status == "queued", Chunk.sent_at < older_than),
+                    and_(Chunk.status == "pending", Batch.created_at < older_than),
+                ),
+            )
+            .order_by(Chunk.sent_at.is_(None), Chunk.sent_at, Chunk.id)
             .limit(limit)
         )
+    )
+
+
+# Status -> the timestamp a batch entered it by, for stale_batches.
+_ENTERED = {
+    "validating": Batch.created_at,
+    "finalizing": Batch.finalizing_at,
+    "cancelling": Batch.cancelled_at,
+}
+
+
+def stale_batches(session: Session, status: str, older_than: datetime, limit: int = 100) -> list[Batch]:
+    """Batches in ``status`` (validating, finalizing or cancelling) since before ``older_than``:
+    the task that should move them on was lost, or is far past its time limit."""
+    entered = _ENTERED[status]
+    return list(
+        session.scalars(
+            select(Batch)
+            .where(Batch.status == status, entered < older_than)
+            .order_by(entered, Batch.id)
+            .limit(limit)
+        )
+    )
+
+
+def batches_done_running(session: Session, limit: int = 100) -> list[str]:
+    """Ids of in-progress batches with no chunk left to do: ready to finalize (if whoever finished the
+    last chunk did not get to it)."""
+    unfinished = select(Chunk.id).where(Chunk.batch_id == Batch.id, Chunk.status.in_(CHUNKS_LEFT)).exists()
+    return list(
+        session.scalars(
+            select(Batch.id).where(Batch.status == "in_progress", ~unfinished).order_by(Batch.id).limit(limit)
+        )
+    )
+
+
+def batch_reading(session: Session, file_id: str) -> Batch | None:
+    """A batch not yet final whose input is file ``file_id`` (such a file cannot be deleted)."""
+    return session.scalar(
+        select(Batch).where(Batch.input_file_id == file_id, Batch.status.not_in(FINAL_STATUSES)).limit(1)
     )

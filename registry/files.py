@@ -112,6 +112,11 @@ def get_file(session: Session, tenant: str, file_id: str) -> File | None:
     )
 
 
+def file_by_id(session: Session, file_id: str) -> File | None:
+    """A file whatever its tenant, deleted or not (for tasks, which carry only ids)."""
+    return session.get(File, file_id, populate_existing=True)
+
+
 def list_files(
     session: Session,
     tenant: str,

@@ -14,7 +14,26 @@ from kombu import Exchange, Queue
 from inferq.settings import CONTROL_QUEUE, Settings, gpu_queue
 
 # Tasks that never touch a GPU run on the control queue.
-CONTROL_TASKS = ("inferq.maintenance.*", "inferq.deploy.*")
+CONTROL_TASKS = (
+    "inferq.maintenance.*",
+    "inferq.deploy.*",
+    "inferq.batch.plan",
+    "inferq.batch.finalize",
+    "inferq.batch.reap",
+)
+
+
+def batch_time_limits(settings: Settings) -> dict[str, dict[str, int]]:
+    """Soft and hard time limits of the batch tasks (soft: a little before the hard one)."""
+    limits = {
+        "inferq.batch.chunk": (settings.batch_chunk_time_limit, 30),
+        "inferq.batch.plan": (settings.batch_plan_time_limit, 60),
+        "inferq.batch.finalize": (settings.batch_finalize_time_limit, 60),
+    }
+    return {
+        name: {"time_limit": hard, "soft_time_limit": max(1, hard - margin)}
+        for name, (hard, margin) in limits.items()
+    }
 
 
 def celery_settings(settings: Settings) -> dict[str, Any]:
@@ -75,5 +94,13 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
                 "schedule": 60.0,
                 "options": {"queue": CONTROL_QUEUE, "expires": 120},
             },
+            # Batch recovery: lost chunk messages, lost plan and finalize tasks (tasks/batches.py).
+            "reap-batches": {
+                "task": "inferq.batch.reap",
+                "schedule": settings.batch_reaper_interval,
+                "options": {"queue": CONTROL_QUEUE, "expires": settings.batch_reaper_interval * 2},
+            },
         },
+        # Batch task time limits, from the settings (a task decorator cannot read them).
+        "task_annotations": batch_time_limits(settings),
     }

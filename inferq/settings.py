@@ -81,6 +81,20 @@ class Settings:
     deploy_timeout: int = (
         900  # a deploy still loading after this is failed (longer than the load task's limit)
     )
+    # Files and batches (docs/batches.md).
+    max_file_bytes: int = 1024**3  # largest upload to POST /v1/files; beyond: 413
+    batch_max_requests: int = 5_000_000  # request lines of one batch, at most (the planner's memory)
+    batch_max_line_bytes: int = 4 * 1024 * 1024  # one input line, at most; longer: line_too_long
+    batch_chunk_lines: int = 1000  # lines of a chunk (one GPU task), at most
+    batch_chunk_max_bytes: int = 4 * 1024 * 1024  # bytes of a chunk, at most (also <= a tenth of the file)
+    batch_micro_batch: int = 1024  # rows sent to Triton in one call
+    batch_triton_retry_seconds: float = 30.0  # a chunk retries an unreachable Triton this long per attempt
+    batch_chunk_max_attempts: int = 5  # sends of a chunk; the last one fails what Triton cannot serve
+    batch_chunk_time_limit: int = 240  # hard limit of a chunk task (soft: 30 s less; prefork pools only)
+    batch_plan_time_limit: int = 1800  # hard limit of planning (soft: 60 s less)
+    batch_finalize_time_limit: int = 900  # hard limit of finalizing (soft: 60 s less)
+    batch_reaper_interval: float = 30.0  # seconds between recovery passes (celery beat)
+    batch_lost_chunk_age: float = 120.0  # a sent chunk not done after this long (its queue empty) is re-sent
     cuda_visible_devices: str = ""  # read from CUDA_VISIBLE_DEVICES, for reporting only
     # Tracing: OTLP/HTTP collector base URL (Jaeger: http://jaeger:4318), and/or a JSON-lines file.
     otlp_endpoint: str = ""

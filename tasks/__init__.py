@@ -14,7 +14,7 @@ from inferq.settings import Settings, load_settings
 if TYPE_CHECKING:
     from celery import Celery
 
-TASK_MODULES = ("tasks.infer", "tasks.deploy", "tasks.maintenance", "tasks.signals")
+TASK_MODULES = ("tasks.infer", "tasks.deploy", "tasks.maintenance", "tasks.signals", "tasks.batch")
 
 _app: Celery | None = None
 

@@ -167,6 +167,7 @@ def make_settings(
         gpu_worker_concurrency=4,
         key_cache_ttl=1.0,
         rate_limit="",  # many requests per key here; test_rate_limit.py sets its own limits
+        batch_chunk_lines=100,  # many chunks from small files: recovery and cancel have work to find
     )
     values.update(overrides)
     return Settings(**values)

@@ -1,0 +1,423 @@
+"""Running a chunk (gpu.N queues): its lines re-read by byte range, micro-batches to Triton, one
+output part and one error part, the chunk counted done once; the last one moves the batch on."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from inferq.retries import call_retrying
+from inferq.services import RedisError
+from inferq.settings import gpu_queue
+from registry import batches as registry
+from registry.batch_input import (
+    INVALID_INPUT,
+    BatchRequest,
+    LineError,
+    error_line,
+    line_error_line,
+    output_line,
+    reader_limit,
+    recheck_line,
+)
+from registry.batches import Batch, Chunk
+from registry.catalog import model_by_version
+from registry.files import file_by_id
+from registry.signatures import TensorSpec
+from tasks.batches import (
+    CANCELLED,
+    INPUT_FILE_NOT_FOUND,
+    INVALID_OUTPUT,
+    MODEL_NOT_FOUND,
+    SPOOL_BYTES,
+    Dispatch,
+    assign_gpus,
+    db_retrying,
+    fail_batch,
+    new_task_id,
+    ready_gpus,
+    send_chunk,
+    send_finalize,
+    transaction,
+)
+from tasks.pipeline import PipelineError, ResolvedModel
+from tasks.runtime import Services
+from workers.batch_inference import LineResult, TritonModel, infer_lines, merge_key, rows
+from workers.storage import ObjectNotFound, StorageError, StorageUnavailable, split_lines
+from workers.triton import TritonUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChunkWork:
+    """One chunk to run (or to settle as cancelled), as its row said when it was picked up."""
+
+    chunk_id: str
+    batch_id: str
+    tenant: str
+    index: int
+    input_key: str
+    start: int
+    end: int
+    first_line: int
+    duplicates: frozenset[int]
+    attempts: int
+    model_name: str
+    model_version: str
+
+
+def work_of(batch: Batch, chunk: Chunk, input_key: str) -> ChunkWork:
+    return ChunkWork(
+        chunk.id,
+        batch.id,
+        batch.tenant,
+        chunk.index,
+        input_key,
+        chunk.start_byte,
+        chunk.end_byte,
+        chunk.first_line,
+        frozenset(chunk.duplicate_lines or ()),
+        chunk.attempts,
+        batch.model_name,
+        batch.model_version,
+    )
+
+
+def input_key_of(session: Any, batch: Batch) -> str | None:
+    file = file_by_id(session, batch.input_file_id) if batch.input_file_id else None
+    return file.object_key if file is not None else None
+
+
+def start_chunk(services: Services, batch_id: str, index: int) -> ChunkWork | None:
+    """The chunk to run, or None when there is nothing to do (done, cancelled, batch not running).
+
+    The first chunk to start moves its batch from ``queued`` to ``in_progress``.
+    """
+
+    def pick() -> ChunkWork | None:
+        with transaction(services) as session:
+            chunk = registry.get_chunk_at(session, batch_id, index)
+            batch = registry.batch_by_id(session, batch_id)
+            if chunk is None or batch is None or chunk.status != "queued":
+                return None
+            if batch.status not in registry.SENDING_STATUSES:
+                return None
+            key = input_key_of(session, batch)
+            if key is None:
+                return None
+            if batch.status == "queued":
+                registry.mark_started(session, batch_id)
+            return work_of(batch, chunk, key)
+
+    work: ChunkWork | None = db_retrying(pick)
+    return work
+
+
+class PartWriter:
+    """The output and error lines of one execution of a chunk, spooled (memory, then a temporary
+    file), then uploaded as two part objects."""
+
+    def __init__(self) -> None:
+        # Closed by close(), which run_chunk and settle_cancelled call in a finally.
+        self.output: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
+        self.errors: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
+        self.ok = 0
+        self.failed = 0
+
+    def add_output(self, line: bytes) -> None:
+        self.output.write(line)
+        self.ok += 1
+
+    def add_error(self, line: bytes) -> None:
+        self.errors.write(line)
+        self.failed += 1
+
+    def upload(self, services: Services, keys: tuple[str, str]) -> tuple[str | None, str | None]:
+        """Upload the non-empty parts (retried while the store is briefly unreachable)."""
+        written: list[str | None] = []
+        for spool, count, key in ((self.output, self.ok, keys[0]), (self.errors, self.failed, keys[1])):
+            if not count:
+                written.append(None)
+                continue
+
+            def put(spool: IO[bytes] = spool, key: str = key) -> None:
+                spool.seek(0)
+                services.store.put_stream(key, spool, content_type="application/jsonl")
+
+            call_retrying(put, StorageUnavailable, seconds=30)
+            written.append(key)
+        return written[0], written[1]
+
+    def close(self) -> None:
+        self.output.close()
+        self.errors.close()
+
+
+def chunk_lines(services: Services, work: ChunkWork) -> Iterator[tuple[int, bytes]]:
+    """The chunk's lines with their line numbers (blank ones included: they count as lines)."""
+    data = call_retrying(
+        lambda: services.store.get_range(work.input_key, work.start, work.end), StorageUnavailable, seconds=30
+    )
+    limit = reader_limit(services.settings.batch_max_line_bytes)
+    for number, (_, _, raw) in enumerate(split_lines([data], work.start, limit), work.first_line):
+        yield number, raw
+
+
+# Runs a micro-batch of valid requests: one result per request, in order.
+Runner = Callable[[Sequence[BatchRequest]], list[LineResult]]
+
+
+def write_lines(
+    lines: Iterator[tuple[int, bytes]],
+    classify: Callable[[int, bytes], BatchRequest | LineError | None],
+    run: Runner,
+    writer: PartWriter,
+    micro_batch: int,
+) -> None:
+    """Classify each line; valid requests go to ``run`` in micro-batches of up to ``micro_batch``
+    rows (lines that can share a call); output and error lines are written in input order."""
+    pending: list[BatchRequest] = []
+    pending_key: Any = None
+    pending_rows = 0
+    held: list[tuple[int, bytes]] = []  # error lines of invalid input lines since the last flush
+
+    def flush() -> None:
+        nonlocal pending, pending_rows
+        errors = list(held)
+        held.clear()
+        if pending:
+            for request, result in zip(pending, run(pending), strict=True):
+                if result.outputs is not None:
+                    try:
+                        writer.add_output(output_line(request.custom_id, result.outputs))
+                        continue
+                    except ValueError as exc:
+                        result = LineResult(code=INVALID_OUTPUT, message=f"the output is not JSON: {exc}")
+                errors.append((request.line, error_line(request.custom_id, result.code, result.message)))
+            pending, pending_rows = [], 0
+        for _, line in sorted(errors, key=lambda item: item[0]):
+            writer.add_error(line)
+
+    for number, raw in lines:
+        item = classify(number, raw)
+        if item is None:
+            continue
+        if isinstance(item, LineError):
+            held.append((number, line_error_line(item)))
+            continue
+        key = merge_key(item.inputs, item.outputs)
+        count = rows(item.inputs)
+        if pending and (key is None or key != pending_key or pending_rows + count > micro_batch):
+            flush()
+        pending.append(item)
+        pending_key, pending_rows = key, pending_rows + count
+        if key is None:
+            flush()
+    flush()
+
+
+def triton_model(model: ResolvedModel) -> TritonModel:
+    specs: list[TensorSpec] = [*model.inputs, *model.outputs]
+    batchable = all(spec.shape and spec.shape[0] == -1 for spec in specs)
+    return TritonModel(model.triton_name, model.triton_version, batchable)
+
+
+def triton_runner(
+    services: Services, model: ResolvedModel, gpu: int, request_id: str, last_attempt: bool
+) -> Runner:
+    """Micro-batches to GPU ``gpu``'s Triton. On the chunk's last attempt, a Triton that stays
+    unreachable fails the lines (``backend_unavailable``) instead of the attempt."""
+    endpoint = services.triton(gpu)
+    target = triton_model(model)
+    retry_seconds = services.settings.batch_triton_retry_seconds
+    down: list[str] = []
+
+    def run(requests: Sequence[BatchRequest]) -> list[LineResult]:
+        if down:
+            return [LineResult(code=TritonUnavailable.code, message=down[0])] * len(requests)
+        try:
+            return infer_lines(
+                endpoint,
+                target,
+                [request.inputs for request in requests],
+                requests[0].outputs,
+                retry_seconds=retry_seconds,
+                request_id=request_id,
+            )
+        except TritonUnavailable as exc:
+            if not last_attempt:
+                raise
+            down.append(str(exc))
+            return [LineResult(code=exc.code, message=str(exc))] * len(requests)
+
+    return run
+
+
+def cancelled_runner(requests: Sequence[BatchRequest]) -> list[LineResult]:
+    message = "the batch was cancelled before this line ran"
+    return [LineResult(code=CANCELLED, message=message)] * len(requests)
+
+
+def classifier(
+    services: Services, work: ChunkWork, model: ResolvedModel | None
+) -> Callable[[int, bytes], BatchRequest | LineError | None]:
+    """Check a line of the chunk as the planner did (``model`` None: its signature is gone, and a
+    line's inputs are taken as they are)."""
+    max_line = services.settings.batch_max_line_bytes
+    inputs = model.inputs if model is not None else []
+    outputs = model.outputs if model is not None else []
+
+    def classify(number: int, raw: bytes) -> BatchRequest | LineError | None:
+        item = recheck_line(raw, number, inputs, outputs, number in work.duplicates, max_line)
+        if model is None and isinstance(item, LineError) and item.code == INVALID_INPUT and item.custom_id:
+            return BatchRequest(number, item.custom_id, [], None, None)
+        return item
+
+    return classify
+
+
+def model_of(services: Services, work: ChunkWork) -> ResolvedModel | None:
+    record = model_by_version(services.db, services.cache, work.model_name, work.model_version)
+    return ResolvedModel.from_record(record) if record is not None else None
+
+
+def _count_in_flight(services: Services, queue: str, started: bool) -> None:
+    try:
+        with services.redis.pipeline(transaction=False) as pipe:
+            if started:
+                services.gpus.add_started(pipe, queue)
+            else:
+                services.gpus.add_finished(pipe, queue)
+            pipe.execute()
+    except RedisError as exc:  # load figures are advice
+        log.debug("in-flight count of %s not updated: %s", queue, exc)
+
+
+def run_chunk(services: Services, dispatch: Dispatch, batch_id: str, index: int, gpu: int, run: str) -> str:
+    """Run chunk ``index`` of a batch on GPU ``gpu`` (``run``: a name for this execution).
+
+    Writes the execution's own parts, then marks the chunk done, which counts its lines
+    once however many executions there are: a second execution's parts are never used.
+    Triton unreachable for too long: the chunk is sent again (another GPU if there is one);
+    on its last attempt the lines fail with ``backend_unavailable`` instead.
+    Returns what happened, for the log.
+    """
+    work = start_chunk(services, batch_id, index)
+    if work is None:
+        return "skipped"
+    model = model_of(services, work)
+    if model is None:
+        fail_batch(services, batch_id, MODEL_NOT_FOUND, f"{work.model_name!r} version {work.model_version!r}")
+        return "failed"
+    last_attempt = work.attempts >= services.settings.batch_chunk_max_attempts
+    writer = PartWriter()
+    queue = gpu_queue(gpu)
+    _count_in_flight(services, queue, True)
+    try:
+        try:
+            write_lines(
+                chunk_lines(services, work),
+                classifier(services, work, model),
+                triton_runner(services, model, gpu, f"{batch_id}-{index}", last_attempt),
+                writer,
+                services.settings.batch_micro_batch,
+            )
+        except TritonUnavailable as exc:
+            log.warning("batch %s chunk %s: Triton of GPU %s unreachable: %s", batch_id, index, gpu, exc)
+            return resend_chunk(services, dispatch, work, model, avoid=gpu)
+        except ObjectNotFound:
+            fail_batch(services, batch_id, INPUT_FILE_NOT_FOUND, "the input file's object is missing")
+            return "failed"
+        finally:
+            _count_in_flight(services, queue, False)
+        keys = registry.chunk_part_keys(work.tenant, batch_id, index, run)
+        output_key, error_key = writer.upload(services, keys)
+    finally:
+        writer.close()
+    flipped = complete(services, work, writer.ok, writer.failed, output_key, error_key)
+    if not flipped:
+        # Another execution counted this chunk (or the batch moved on): ours is never used.
+        for key in (output_key, error_key):
+            if key is not None:
+                with contextlib.suppress(StorageError):
+                    services.store.delete(key)
+        return "duplicate"
+    maybe_finalize(services, dispatch, batch_id)
+    return "done"
+
+
+def complete(
+    services: Services, work: ChunkWork, ok: int, failed: int, output_key: str | None, error_key: str | None
+) -> bool:
+    """Mark the chunk done with its counts and parts, in one transaction; True for the execution
+    that did it (a retried commit that had in fact gone through reads as False; the reaper
+    then finalizes the batch if this was its last chunk)."""
+
+    def done() -> bool:
+        with transaction(services) as session:
+            return registry.complete_chunk(
+                session,
+                work.chunk_id,
+                ok=ok,
+                errors=failed,
+                output_part_key=output_key,
+                error_part_key=error_key,
+            )
+
+    flipped: bool = db_retrying(done)
+    return flipped
+
+
+def maybe_finalize(services: Services, dispatch: Dispatch, batch_id: str) -> bool:
+    """If no chunk is left, move the batch to ``finalizing`` (one caller wins) and queue finalize.
+
+    A transaction of its own, after the chunk's: two last chunks finishing at once each
+    see the other done once both committed, and the conditional update lets one through.
+    """
+
+    def move() -> bool:
+        with transaction(services) as session:
+            return registry.mark_finalizing(session, batch_id)
+
+    if not db_retrying(move):
+        return False
+    try:
+        send_finalize(dispatch, batch_id)
+    except PipelineError as exc:  # the reaper re-sends finalize for batches left finalizing
+        log.warning("batch %s: finalize not queued (%s)", batch_id, exc.detail)
+    return True
+
+
+def resend_chunk(
+    services: Services,
+    dispatch: Dispatch,
+    work: ChunkWork,
+    model: ResolvedModel | None,
+    avoid: int | None = None,
+) -> str:
+    """Send the chunk again: to the least loaded GPU where the model is ready, another than
+    ``avoid`` when there is one. Recorded first, then sent."""
+    candidates = ready_gpus(services, model) if model is not None else []
+    candidates = candidates or list(services.settings.gpus)
+    others = [gpu for gpu in candidates if gpu != avoid]
+    gpu = assign_gpus(services, others or candidates, 1)[0]
+    queue, task_id = gpu_queue(gpu), new_task_id()
+
+    def record() -> bool:
+        with transaction(services) as session:
+            return registry.mark_chunk_sent(session, work.chunk_id, queue, task_id)
+
+    if not db_retrying(record):
+        return "not resent"
+    try:
+        send_chunk(dispatch, work.batch_id, work.index, queue, task_id)
+    except PipelineError as exc:
+        log.warning(
+            "batch %s chunk %s: not re-sent (%s); the reaper will", work.batch_id, work.index, exc.detail
+        )
+    return "resent"

@@ -1,0 +1,189 @@
+"""The worker side of a batch chunk: input lines sent to Triton in micro-batches, one call each.
+
+The lines of a micro-batch are concatenated along their first (variable, batch)
+dimension into one binary-tensor call; the outputs are split back by rows. When
+Triton refuses the merged call (one bad line), or the outputs cannot be split by
+rows, each line is sent on its own, so a bad line fails alone. Short bounded
+retries (tenacity) absorb an unreachable Triton; past them
+:class:`~workers.triton.TritonUnavailable` goes up to the caller, which decides
+whether the chunk runs again later.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from inferq.retries import retrying
+from inferq.tensors import from_numpy, to_numpy
+from inferq.tracing import span
+from workers.triton import TritonEndpoint, TritonError, TritonModelNotFound, TritonUnavailable
+
+
+class LineTensor(Protocol):
+    """An input tensor of one line, already checked against the model's signature (flat data)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def datatype(self) -> str: ...
+
+    @property
+    def shape(self) -> Sequence[int]: ...
+
+    @property
+    def data(self) -> list[Any]: ...
+
+
+@dataclass(frozen=True)
+class TritonModel:
+    """What a chunk asks Triton for: the model's Triton name and version, and whether every input
+    and output has a variable first dimension (lines can then share a call)."""
+
+    name: str
+    version: str
+    batchable: bool
+
+
+@dataclass(frozen=True)
+class LineResult:
+    """How one line ended: its output tensors, or an error code and message."""
+
+    outputs: list[dict[str, Any]] | None = None
+    code: str = ""
+    message: str = ""
+
+
+def merge_key(inputs: Sequence[LineTensor], outputs: Sequence[str] | None) -> Hashable | None:
+    """Lines with equal keys can share one call; None: this line must go alone.
+
+    A line can share when each of its inputs has the same number of rows (first
+    dimension); lines share when they ask for the same outputs and their inputs agree
+    in name, datatype and every dimension but the first.
+    """
+    if not inputs or any(len(t.shape) == 0 for t in inputs):
+        return None
+    if len({int(t.shape[0]) for t in inputs}) != 1:
+        return None
+    tensors = tuple(sorted((t.name, t.datatype, tuple(t.shape[1:])) for t in inputs))
+    return (tuple(outputs) if outputs is not None else None, tensors)
+
+
+def rows(inputs: Sequence[LineTensor]) -> int:
+    """The rows (first dimension) of a line; 1 for a line whose inputs have no dimension."""
+    return int(inputs[0].shape[0]) if inputs and len(inputs[0].shape) else 1
+
+
+class _NotSplittable(Exception):
+    """The merged call's outputs cannot be split back by rows."""
+
+
+def infer_lines(
+    endpoint: TritonEndpoint,
+    model: TritonModel,
+    lines: Sequence[Sequence[LineTensor]],
+    outputs: Sequence[str] | None,
+    *,
+    retry_seconds: float = 30.0,
+    request_id: str = "",
+) -> list[LineResult]:
+    """Run ``lines`` (each a line's input tensors; all with one merge key) on ``endpoint``.
+
+    Returns one result per line, in order. Raises
+    :class:`~workers.triton.TritonUnavailable` when Triton stays unreachable for
+    ``retry_seconds``; any other Triton error ends up in the results of the lines
+    it concerns.
+    """
+    if not lines:
+        return []
+    with span("triton.infer", model=model.name, lines=len(lines)):
+        if len(lines) > 1 and model.batchable:
+            try:
+                return _merged(endpoint, model, lines, outputs, retry_seconds, request_id)
+            except TritonModelNotFound as exc:
+                return [LineResult(code=exc.code, message=str(exc))] * len(lines)
+            except TritonUnavailable:
+                raise
+            except (TritonError, _NotSplittable):
+                pass  # a bad line among them, or outputs not by rows: each line on its own
+        results: list[LineResult] = []
+        for index, tensors in enumerate(lines):
+            try:
+                answer = _call(endpoint, model, _arrays(tensors), outputs, retry_seconds, request_id)
+            except TritonModelNotFound as exc:
+                # The model is not there for any of them: no point asking again per line.
+                return results + [LineResult(code=exc.code, message=str(exc))] * (len(lines) - index)
+            except TritonUnavailable:
+                raise
+            except TritonError as exc:
+                results.append(LineResult(code=exc.code, message=str(exc)))
+                continue
+            results.append(
+                LineResult([from_numpy(name, datatype, array) for name, (datatype, array) in answer.items()])
+            )
+        return results
+
+
+def _call(
+    endpoint: TritonEndpoint,
+    model: TritonModel,
+    arrays: dict[str, tuple[str, np.ndarray]],
+    outputs: Sequence[str] | None,
+    retry_seconds: float,
+    request_id: str,
+) -> dict[str, tuple[str, np.ndarray]]:
+    policy = retrying(TritonUnavailable, seconds=retry_seconds, attempts=1_000, first_wait=0.5)
+    return policy(
+        endpoint.infer_arrays,
+        model.name,
+        arrays,
+        outputs=list(outputs) if outputs is not None else None,
+        version=model.version,
+        request_id=request_id,
+    )
+
+
+def _arrays(tensors: Sequence[LineTensor]) -> dict[str, tuple[str, np.ndarray]]:
+    return {
+        t.name: (t.datatype, to_numpy({"datatype": t.datatype, "shape": list(t.shape), "data": t.data}))
+        for t in tensors
+    }
+
+
+def _merged(
+    endpoint: TritonEndpoint,
+    model: TritonModel,
+    lines: Sequence[Sequence[LineTensor]],
+    outputs: Sequence[str] | None,
+    retry_seconds: float,
+    request_id: str,
+) -> list[LineResult]:
+    counts = [rows(tensors) for tensors in lines]
+    total = sum(counts)
+    arrays: dict[str, tuple[str, np.ndarray]] = {}
+    for first in lines[0]:
+        same = [next(t for t in tensors if t.name == first.name) for tensors in lines]
+        flat = list(itertools.chain.from_iterable(t.data for t in same))
+        shape = [total, *first.shape[1:]]
+        arrays[first.name] = (
+            first.datatype,
+            to_numpy({"datatype": first.datatype, "shape": shape, "data": flat}),
+        )
+    answer = _call(endpoint, model, arrays, outputs, retry_seconds, request_id)
+    if not answer or any(array.ndim == 0 or array.shape[0] != total for _, array in answer.values()):
+        raise _NotSplittable("an output does not have one row per input row")
+    bounds = list(itertools.accumulate(counts, initial=0))
+    return [
+        LineResult(
+            [
+                from_numpy(name, datatype, array[bounds[i] : bounds[i + 1]])
+                for name, (datatype, array) in answer.items()
+            ]
+        )
+        for i in range(len(lines))
+    ]

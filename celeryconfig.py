@@ -8,6 +8,7 @@ is read in one place only.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from kombu import Exchange, Queue
 
@@ -41,8 +42,11 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
     exchange = Exchange("inferq", type="direct")
     queues = [Queue(gpu_queue(gpu), exchange, routing_key=gpu_queue(gpu)) for gpu in settings.gpus]
     queues.append(Queue(CONTROL_QUEUE, exchange, routing_key=CONTROL_QUEUE))
+    redis_broker = urlsplit(settings.broker_url).scheme in ("redis", "rediss")
     return {
         "broker_url": settings.broker_url,
+        # kombu's Redis transport, keeping one client per channel (see tasks/broker.py).
+        "broker_transport": "tasks.broker:Transport" if redis_broker else None,
         "result_backend": settings.result_backend,
         "broker_connection_retry_on_startup": True,
         # An unacknowledged message returns to its queue after this long (Redis broker).

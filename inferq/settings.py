@@ -58,6 +58,12 @@ class Settings:
     flower_port: int = 5555
     sync_timeout: float = 5.0
     sync_timeout_max: float = 60.0
+    # Dynamic batching of sync requests in each API process (tasks/coalesce.py): at most this many
+    # requests per task message, this many messages per model out at once (the rest queue and go
+    # out together), and a message's slot freed after this long at the latest.
+    sync_batch_max: int = 32
+    sync_batch_inflight: int = 2
+    sync_batch_slot_timeout: float = 2.0
     sync_waiting_per_tenant: int = 128  # sync requests of one tenant waiting at once; beyond: 429
     key_cache_ttl: float = 5.0  # seconds an API key's lookup is reused in-process (a revoke takes this long)
     max_request_bytes: int = 16 * 1024 * 1024

@@ -59,15 +59,16 @@ def bucket_of(latency_ms: float) -> int:
     return min(bisect.bisect_left(BUCKET_BOUNDS_MS, latency_ms), len(BUCKET_BOUNDS_MS) - 1)
 
 
-def add_inference(pipe: Any, model_id: str, gpu: int, latency_ms: float, ok: bool) -> None:
-    """Queue the counts of one inference on a Redis pipeline (the caller executes it)."""
+def add_inference(pipe: Any, model_id: str, gpu: int, latency_ms: float, ok: bool, count: int = 1) -> None:
+    """Queue the counts of ``count`` inferences that took ``latency_ms`` each on a Redis pipeline
+    (the caller executes it)."""
     key = KEY.format(model_id, gpu)
-    pipe.hincrby(key, "requests", 1)
+    pipe.hincrby(key, "requests", count)
     if ok:
-        pipe.hincrbyfloat(key, "latency_ms_sum", latency_ms)
-        pipe.hincrby(key, f"b{bucket_of(latency_ms)}", 1)
+        pipe.hincrbyfloat(key, "latency_ms_sum", latency_ms * count)
+        pipe.hincrby(key, f"b{bucket_of(latency_ms)}", count)
     else:
-        pipe.hincrby(key, "errors", 1)
+        pipe.hincrby(key, "errors", count)
 
 
 def record(client: Redis, model_id: str, gpu: int, latency_ms: float, ok: bool) -> None:

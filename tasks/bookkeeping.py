@@ -80,6 +80,41 @@ class TaskBook:
         self.blocking = blocking_client  # its socket timeout outlasts the longest wait
         self.ttl = ttl
 
+    def add_open(
+        self,
+        pipe: Any,
+        task_id: str,
+        tenant: str,
+        model: str,
+        version: str,
+        payload: bytes | None = None,
+        waiting: bool = False,
+    ) -> int | None:
+        """Queue the record of a new task of ``tenant`` (and its stashed payload) on ``pipe``.
+
+        With ``waiting`` the request will wait for its outcome and counts against the
+        tenant's waiting requests: the index of that count's reply is returned, for
+        :meth:`over_cap`. Call :meth:`stop_waiting` when the wait ends.
+        """
+        at = None
+        if waiting:
+            at = len(pipe.command_stack)
+            pipe.incr(WAITING_KEY.format(tenant))
+            pipe.expire(WAITING_KEY.format(tenant), WAITING_TTL)
+        key = RECORD_KEY.format(task_id)
+        record = {"tenant": tenant, "model": model, "version": version, "status": "queued"}
+        record["created"] = f"{time.time():.3f}"
+        pipe.hset(key, mapping=record)
+        pipe.expire(key, self.ttl)
+        if payload is not None:
+            pipe.set(PAYLOAD_KEY.format(task_id), payload, ex=self.ttl)
+        return at
+
+    @staticmethod
+    def over_cap(replies: list[Any], at: int | None, cap: int) -> bool:
+        """Whether the waiting count queued by :meth:`add_open` at ``at`` passed ``cap`` (0: no cap)."""
+        return at is not None and cap > 0 and int(replies[at]) > cap
+
     def open(
         self,
         task_id: str,
@@ -89,38 +124,17 @@ class TaskBook:
         payload: bytes | None = None,
         waiting_cap: int = 0,
     ) -> bool:
-        """Record a new task of ``tenant`` (and stash a large payload), in one round trip.
-
-        With ``waiting_cap`` the request will wait for its outcome: it counts against
-        the tenant's waiting requests, and when that count would pass the cap nothing is
-        recorded and False is returned (the caller answers 429). Call :meth:`stop_waiting`
-        when the wait ends.
-        """
-        record = {
-            "tenant": tenant,
-            "model": model,
-            "version": version,
-            "status": "queued",
-            "created": f"{time.time():.3f}",
-        }
-        key = RECORD_KEY.format(task_id)
+        """Record a new task in one round trip; False (nothing kept) when the tenant's waiting
+        requests would pass ``waiting_cap`` (0: the request will not wait)."""
         try:
             with self.client.pipeline(transaction=False) as pipe:
-                if waiting_cap:
-                    pipe.incr(WAITING_KEY.format(tenant))
-                    pipe.expire(WAITING_KEY.format(tenant), WAITING_TTL)
-                pipe.hset(key, mapping=record)
-                pipe.expire(key, self.ttl)
-                if payload is not None:
-                    pipe.set(PAYLOAD_KEY.format(task_id), payload, ex=self.ttl)
+                at = self.add_open(pipe, task_id, tenant, model, version, payload, waiting=waiting_cap > 0)
                 replies = pipe.execute()
-                if waiting_cap and int(replies[0]) > waiting_cap:
-                    pipe.decr(WAITING_KEY.format(tenant))
-                    pipe.delete(key, PAYLOAD_KEY.format(task_id))
-                    pipe.execute()
-                    return False
         except RedisError as exc:
             raise BookkeepingUnavailable(str(exc)) from exc
+        if self.over_cap(replies, at, waiting_cap):
+            self.forget(task_id, tenant)
+            return False
         return True
 
     def stop_waiting(self, tenant: str) -> None:
@@ -158,7 +172,7 @@ class TaskBook:
             created_at=datetime.fromtimestamp(float(fields.get("created", "0")), UTC),
             completed_at=datetime.fromtimestamp(float(done), UTC) if done else None,
             outcome=json.loads(fields["outcome"]) if "outcome" in fields else None,
-            note=json.loads(fields["note"]) if "note" in fields else None,
+            note=json.loads(fields["note"]) if fields.get("note") else None,
         )
 
     def load_payload(self, task_id: str) -> Any:
@@ -176,14 +190,16 @@ class TaskBook:
     def add_retrying(self, pipe: Any, task_id: str, note: TaskError) -> None:
         pipe.hset(RECORD_KEY.format(task_id), mapping={"status": "running", "note": _dumps(note)})
 
-    def add_outcome(self, pipe: Any, task_id: str, outcome: Outcome) -> None:
-        """Store the outcome in the record and hand it to the waiting request; drop stashed inputs."""
+    def add_outcome(self, pipe: Any, task_id: str, outcome: Outcome, stashed: bool = True) -> None:
+        """Store the outcome in the record (a retry's note is overwritten) and hand it to the waiting
+        request; drop the stashed inputs (``stashed``: the task had some)."""
         record = RECORD_KEY.format(task_id)
         encoded = _dumps(outcome)
         status = "succeeded" if outcome["state"] == "SUCCESS" else "failed"
-        pipe.hset(record, mapping={"status": status, "outcome": encoded, "done": f"{time.time():.3f}"})
-        pipe.hdel(record, "note")
-        pipe.delete(PAYLOAD_KEY.format(task_id))
+        fields = {"status": status, "outcome": encoded, "done": f"{time.time():.3f}", "note": ""}
+        pipe.hset(record, mapping=fields)
+        if stashed:
+            pipe.delete(PAYLOAD_KEY.format(task_id))
         wake = WAKE_KEY.format(task_id)
         pipe.rpush(wake, encoded)
         pipe.expire(wake, WAKE_TTL)

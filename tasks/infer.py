@@ -1,4 +1,4 @@
-"""Sync inference: one request, run on the Triton of the GPU whose queue delivered it."""
+"""Sync inference: the requests of one message, run on the Triton of the GPU whose queue delivered it."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from celery import Task, shared_task
 
 from inferq.settings import gpu_of_queue
 from registry import stats
+from tasks.bookkeeping import Outcome
 from tasks.runtime import Services, services_for
-from workers.inference import InferAnswer, InferMessage, run_inference
-from workers.triton import TritonError, TritonUnavailable
+from workers.inference import InferMessage, MessageResult, Tensor, is_failure, run_message
+from workers.triton import TritonUnavailable
 
 INFER_TASK = "inferq.infer"
 log = logging.getLogger(__name__)
@@ -32,18 +33,22 @@ class InferenceFailed(Exception):
 
 @dataclass(frozen=True)
 class Attempt:
-    """What one attempt did, for its statistics and its GPU's breaker (written when it ends)."""
+    """What one attempt did, for statistics and its GPU's breaker (written when the task ends)."""
 
     model_id: str
     gpu: int
     latency_ms: float
-    ok: bool
+    ok: int  # requests answered
+    failed: int  # requests that failed
     reachable: bool  # only an unreachable Triton counts against the breaker
 
 
 def add_attempt(services: Services, pipe: Any, attempt: Attempt) -> None:
     """Queue the statistics and breaker update of ``attempt`` on ``pipe`` (the caller executes it)."""
-    stats.add_inference(pipe, attempt.model_id, attempt.gpu, attempt.latency_ms, attempt.ok)
+    if attempt.ok:
+        stats.add_inference(pipe, attempt.model_id, attempt.gpu, attempt.latency_ms, True, attempt.ok)
+    if attempt.failed:
+        stats.add_inference(pipe, attempt.model_id, attempt.gpu, 0.0, False, attempt.failed)
     services.gpus.add_attempt(pipe, attempt.gpu, attempt.reachable)
 
 
@@ -54,35 +59,35 @@ def settle_breaker(services: Services, attempt: Attempt, failures: Any) -> None:
         log.warning("gpu %s: Triton unreachable %s times in a row; breaker open", attempt.gpu, failures)
 
 
-def infer_on_gpu(
-    services: Services, message: InferMessage, gpu: int, task_id: str, attempts: list[Attempt]
-) -> InferAnswer:
-    """Run ``message`` on ``gpu``'s Triton (inputs inline, or stashed under the task id).
+def load_inputs(services: Services, message: InferMessage) -> list[list[Tensor]]:
+    """Each request's inputs: inline in the message, or stashed under its task id."""
+    found = []
+    for request in message["requests"]:
+        inputs = request.get("inputs")
+        found.append(inputs if inputs is not None else services.tasks.load_payload(request["task_id"]))
+    return found
 
-    The attempt is appended to ``attempts``; whoever ends the task writes it.
-    """
-    inputs = message.get("inputs")
-    if inputs is None:
-        inputs = services.tasks.load_payload(task_id)
-    request_id = message.get("id") or task_id
+
+def infer_on_gpu(
+    services: Services, message: InferMessage, gpu: int, attempts: list[Attempt]
+) -> MessageResult:
+    """Run ``message`` on ``gpu``'s Triton; the attempt is appended to ``attempts`` (written at the end)."""
     model_id = message["model_id"]
     try:
-        timed = run_inference(services.triton(gpu), message, inputs, gpu, request_id)
+        result = run_message(services.triton(gpu), message, load_inputs(services, message), gpu)
     except TritonUnavailable:
-        attempts.append(Attempt(model_id, gpu, 0.0, ok=False, reachable=False))
+        attempts.append(Attempt(model_id, gpu, 0.0, 0, len(message["requests"]), reachable=False))
         raise
-    except TritonError:
-        attempts.append(Attempt(model_id, gpu, 0.0, ok=False, reachable=True))
-        raise
-    attempts.append(Attempt(model_id, gpu, timed.latency_ms, ok=True, reachable=True))
-    return timed.answer
+    failed = sum(1 for answer in result.answers if is_failure(answer))
+    attempts.append(Attempt(model_id, gpu, result.latency_ms, len(result.answers) - failed, failed, True))
+    return result
 
 
 @shared_task(
     bind=True,
     name=INFER_TASK,
     acks_late=True,
-    ignore_result=True,  # the outcome is kept once, by tasks.bookkeeping (see tasks.signals)
+    ignore_result=True,  # each request's outcome is kept once, by tasks.bookkeeping (see tasks.signals)
     autoretry_for=(TritonUnavailable,),
     max_retries=3,
     retry_backoff=0.5,
@@ -91,11 +96,15 @@ def infer_on_gpu(
     soft_time_limit=60,
     time_limit=90,
 )
-def infer(self: Task, message: InferMessage) -> InferAnswer:
-    """Run one sync inference. Triton unreachable: retried 3 times, then fails as ``backend_unavailable``.
+def infer(self: Task, message: InferMessage) -> int:
+    """Run the requests of one message; returns how many were answered.
 
-    Other Triton errors fail at once with their code; either way the waiting
-    request is woken (see ``tasks.signals``) and ``GET /v1/tasks/{id}`` shows the error.
+    Each request's outcome goes to ``tasks.signals`` on the task's request (the return
+    value is kept small: Celery renders it into the task-succeeded event).
+
+    Triton unreachable: retried 3 times, then every request fails as ``backend_unavailable``.
+    A request Triton refuses fails alone with its code. Whatever happens, each waiting
+    request is woken (see ``tasks.signals``) and ``GET /v1/tasks/{id}`` shows its end.
     """
     queue = (self.request.delivery_info or {}).get("routing_key", "")
     gpu = gpu_of_queue(queue)
@@ -106,18 +115,24 @@ def infer(self: Task, message: InferMessage) -> InferAnswer:
     attempts: list[Attempt] = []
     self.request.inferq_attempts = attempts
     try:
-        answer = infer_on_gpu(services, message, gpu, self.request.id, attempts)
+        result = infer_on_gpu(services, message, gpu, attempts)
     except TritonUnavailable as exc:
         if self.request.retries >= self.max_retries:
             raise InferenceFailed(str(exc), exc.code) from exc
         raise
-    except TritonError as exc:
-        raise InferenceFailed(str(exc), exc.code) from exc
     except LookupError as exc:
         raise InferenceFailed(str(exc), "inputs_expired") from exc
-    answer["parameters"].update(
-        queue=queue,
-        worker=self.request.hostname,
-        cuda_visible_devices=services.settings.cuda_visible_devices,
-    )
-    return answer
+    where = {
+        "queue": queue,
+        "worker": self.request.hostname,
+        "cuda_visible_devices": services.settings.cuda_visible_devices,
+    }
+    outcomes: list[Outcome] = []
+    self.request.inferq_outcomes = outcomes
+    for answer in result.answers:
+        if is_failure(answer):
+            outcomes.append({"state": "FAILURE", "error": answer})  # type: ignore[typeddict-item]
+        else:
+            answer["parameters"].update(where)  # type: ignore[typeddict-item]
+            outcomes.append({"state": "SUCCESS", "result": answer})  # type: ignore[typeddict-item]
+    return len(outcomes) - sum(1 for outcome in outcomes if outcome["state"] == "FAILURE")

@@ -13,21 +13,24 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+from inferq.services import RedisError
 from inferq.settings import gpu_queue
 from registry.catalog import model_by_version, serving_versions
 from registry.models import pick_version, ready_gpus
 from registry.signatures import CheckedTensor, Problem, TensorSpec, check_inference_request, specs_from_json
 from tasks.bookkeeping import BookkeepingUnavailable, Outcome, TaskRecord
+from tasks.coalesce import Ticket
 from tasks.infer import INFER_TASK
-from tasks.routing import NoRoute, route_request
+from tasks.routing import NoRoute, choose_gpu, route_request
 from tasks.runtime import Services
-from workers.inference import InferAnswer, InferMessage
+from workers.inference import InferAnswer, InferMessage, InferRequest, Tensor
 
 MAX_ID_LENGTH = 256
 
@@ -147,9 +150,7 @@ def route(services: Services, model: ResolvedModel) -> int:
     try:
         return route_request(services.gpus, model.gpus, services.settings.gpus)
     except NoRoute as exc:
-        raise PipelineError(
-            503, "no-gpu-available", "No GPU can serve this model", str(exc), retry_after=exc.retry_after
-        ) from None
+        raise no_gpu(exc) from None
 
 
 # Publishing gives up fast: a request must not hang on a broker that is down.
@@ -166,7 +167,10 @@ def publish(
 ) -> None:
     """Queue a task by name on ``queue``; a broker that cannot take it is a 503 ``broker-unavailable``.
 
-    ``argsrepr`` is what Flower and the logs show of the arguments (never tensors).
+    ``argsrepr`` is what Flower and the logs show of the arguments (never tensors). Nobody
+    waits on a result through Celery (the outcome of an inference is kept by
+    ``tasks.bookkeeping``, the rest by the database), so the publisher does not subscribe
+    to one (with the Redis result backend that is two more commands per task).
     """
     try:
         app.send_task(
@@ -177,6 +181,7 @@ def publish(
             retry=True,
             retry_policy=PUBLISH_RETRY,
             argsrepr=argsrepr,
+            ignore_result=True,
         )
     except OperationalError as exc:
         raise unavailable("broker", f"the task could not be queued: {exc}") from None
@@ -185,68 +190,144 @@ def publish(
 @dataclass(frozen=True)
 class Dispatched:
     task_id: str
-    gpu: int
-    queue: str
     tenant: str
     waiting: bool  # counts against the tenant's waiting requests until ``wait`` returns
+    batch_size: int = 1  # requests that went to the worker in the same message
+    ticket: Ticket | None = None  # the coalescer's slot, given back by ``wait``
+    key: Hashable = None
 
 
-def infer_message(
-    model: ResolvedModel, request: CheckedRequest, inline_max: int
-) -> tuple[InferMessage, bytes | None]:
-    """The task message for ``request``, and the inputs to stash when they are too large to carry."""
-    message: InferMessage = {
+@dataclass(frozen=True)
+class Pending:
+    """One checked request on its way to a GPU queue."""
+
+    task_id: str
+    tenant: str
+    id: str | None
+    inputs: list[Tensor] | None  # None: stashed (``stash``), the message carries a reference
+    stash: bytes | None
+    waiting: bool
+
+
+def prepare(request: CheckedRequest, tenant: str, waiting: bool, inline_max: int) -> Pending:
+    """A request's task id, and its inputs inline, or encoded to stash when they are too large to carry."""
+    inputs: Any = [tensor.as_dict() for tensor in request.inputs]
+    stash = None
+    # A JSON number takes at most ~24 bytes: only encode to measure when the inputs may be large.
+    if sum(len(t.data) for t in request.inputs) * 24 > inline_max:
+        encoded = json.dumps(inputs, separators=(",", ":")).encode()
+        if len(encoded) > inline_max:
+            inputs, stash = None, encoded
+    return Pending(uuid.uuid4().hex, tenant, request.id, inputs, stash, waiting)
+
+
+def is_batchable(model: ResolvedModel) -> bool:
+    """Whether requests' rows can share one Triton call (every input and output has a variable
+    first dimension)."""
+    return all(spec.shape and spec.shape[0] == -1 for spec in [*model.inputs, *model.outputs])
+
+
+def infer_message(model: ResolvedModel, outputs: list[str] | None, batch: Sequence[Pending]) -> InferMessage:
+    """The task message of ``batch`` (requests of one model version asking for the same outputs)."""
+    requests: list[InferRequest] = []
+    for pending in batch:
+        request: InferRequest = {"task_id": pending.task_id, "id": pending.id}
+        if pending.inputs is not None:
+            request["inputs"] = pending.inputs
+        requests.append(request)
+    return {
         "model_id": model.id,
         "model_name": model.name,
         "model_version": model.version,
         "triton_name": model.triton_name,
         "triton_version": model.triton_version,
-        "outputs": request.outputs,
-        "id": request.id,
+        "outputs": outputs,
+        "batchable": is_batchable(model),
+        "requests": requests,
     }
-    encoded_inputs: list[Any] = [tensor.as_dict() for tensor in request.inputs]
-    # A JSON number takes at most ~24 bytes: only encode to measure when the inputs may be large.
-    if sum(len(t.data) for t in request.inputs) * 24 > inline_max:
-        encoded = json.dumps(encoded_inputs, separators=(",", ":")).encode()
-        if len(encoded) > inline_max:
-            return message, encoded  # the message carries a reference (its task id), not megabytes
-    message["inputs"] = encoded_inputs
-    return message, None
+
+
+def publish_requests(
+    services: Services, app: Celery, model: ResolvedModel, outputs: list[str] | None, batch: Sequence[Pending]
+) -> list[PipelineError | None]:
+    """Record ``batch`` and read the GPUs' loads in one Redis round trip, route, then publish one message.
+
+    Returns, per request, the error it failed with (429 over its tenant's waiting cap,
+    503 when no GPU can take it or the broker will not), or None once it is queued.
+    """
+    settings = services.settings
+    book = services.tasks
+    candidates = [gpu for gpu in model.gpus if gpu in settings.gpus]
+    try:
+        with services.redis.pipeline(transaction=False) as pipe:
+            waits = [
+                book.add_open(pipe, p.task_id, p.tenant, model.name, model.version, p.stash, p.waiting)
+                for p in batch
+            ]
+            parse_loads = services.gpus.add_loads(pipe, candidates)
+            replies = pipe.execute()
+    except RedisError as exc:
+        return [unavailable("cache", f"Redis cannot be reached: {exc}")] * len(batch)
+    cap = settings.sync_waiting_per_tenant
+    errors: list[PipelineError | None] = []
+    accepted: list[Pending] = []
+    for pending, at in zip(batch, waits, strict=True):
+        if book.over_cap(replies, at, cap):
+            book.forget(pending.task_id, pending.tenant)
+            errors.append(
+                PipelineError(
+                    429,
+                    "too-many-waiting",
+                    "Too many requests waiting",
+                    f"this tenant already has {cap} sync requests waiting for their result; "
+                    "retry later or send with 'Prefer: respond-async'",
+                    retry_after=1,
+                )
+            )
+        else:
+            errors.append(None)
+            accepted.append(pending)
+    if not accepted:
+        return errors
+    try:
+        if not candidates:
+            raise NoRoute("the model is not deployed and ready on any configured GPU")
+        gpu = choose_gpu(candidates, parse_loads(replies))
+        message = infer_message(model, outputs, accepted)
+        where = f"({model.name}:{model.version}, {len(accepted)} request{'s' if len(accepted) > 1 else ''})"
+        publish(app, INFER_TASK, [message], gpu_queue(gpu), accepted[0].task_id, argsrepr=where)
+    except (NoRoute, PipelineError) as exc:
+        failure = exc if isinstance(exc, PipelineError) else no_gpu(exc)
+        for pending in accepted:
+            book.forget(pending.task_id, pending.tenant if pending.waiting else None)
+        return [failure if error is None else error for error in errors]
+    return errors
+
+
+def no_gpu(exc: NoRoute) -> PipelineError:
+    return PipelineError(
+        503, "no-gpu-available", "No GPU can serve this model", str(exc), retry_after=exc.retry_after
+    )
 
 
 def dispatch(
     services: Services, app: Celery, model: ResolvedModel, request: CheckedRequest, tenant: str, waiting: bool
 ) -> Dispatched:
-    """Route, record (one Redis round trip), then publish ``inferq.infer`` to the chosen GPU's queue.
+    """Record the request and publish it to the least loaded GPU where ``model`` is ready.
 
-    ``waiting``: the caller will wait for the outcome, which counts against the
-    tenant's cap of waiting requests (429 beyond it).
+    Requests for the same model and outputs that arrive while a publish is under way
+    go out together in the next message (see ``tasks.coalesce``). ``waiting``: the caller
+    will wait for the outcome, which counts against the tenant's cap (429 beyond it).
     """
-    settings = services.settings
-    gpu = route(services, model)
-    task_id = uuid.uuid4().hex
-    message, stash = infer_message(model, request, settings.inline_payload_max)
-    cap = settings.sync_waiting_per_tenant if waiting else 0
-    try:
-        recorded = services.tasks.open(task_id, tenant, model.name, model.version, stash, waiting_cap=cap)
-    except BookkeepingUnavailable as exc:
-        raise unavailable("cache", f"Redis cannot be reached: {exc}") from None
-    if not recorded:
-        raise PipelineError(
-            429,
-            "too-many-waiting",
-            "Too many requests waiting",
-            f"this tenant already has {cap} sync requests waiting for their result; "
-            "retry later or send with 'Prefer: respond-async'",
-            retry_after=1,
-        )
-    queue = gpu_queue(gpu)
-    try:
-        publish(app, INFER_TASK, [message], queue, task_id, argsrepr=f"({model.name}:{model.version})")
-    except PipelineError:
-        services.tasks.forget(task_id, tenant if waiting else None)
-        raise
-    return Dispatched(task_id, gpu, queue, tenant, waiting)
+    pending = prepare(request, tenant, waiting, services.settings.inline_payload_max)
+    outputs = request.outputs
+
+    def flush(batch: Sequence[Pending]) -> list[PipelineError | None]:
+        return publish_requests(services, app, model, outputs, batch)
+
+    key = (model.id, tuple(outputs or ()))
+    ticket = services.coalescer.submit(key, pending, flush, waits=waiting)
+    return Dispatched(pending.task_id, tenant, waiting, ticket.batch_size, ticket, key)
 
 
 def wait(services: Services, dispatched: Dispatched, timeout: float) -> Outcome | None:
@@ -256,6 +337,8 @@ def wait(services: Services, dispatched: Dispatched, timeout: float) -> Outcome 
     except BookkeepingUnavailable:
         return None  # the task still runs; the caller polls its status
     finally:
+        if dispatched.ticket is not None:
+            services.coalescer.done(dispatched.key, dispatched.ticket)
         if dispatched.waiting:
             services.tasks.stop_waiting(dispatched.tenant)
 

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from registry.cache import RegistryCache
     from registry.db import Database
     from tasks.bookkeeping import TaskBook
+    from tasks.coalesce import Coalescer
+    from tasks.pipeline import Pending
     from workers.gpu_state import GpuStates
     from workers.storage import ObjectStore
     from workers.triton import TritonEndpoint
@@ -61,6 +63,14 @@ class Services:
         same = self.redis if s.broker_url == s.redis_url else None
         depths = QueueDepths(s.broker_url, same_redis=same)
         return GpuStates(self.redis, depths, BreakerPolicy(s.breaker_threshold, s.breaker_cooldown))
+
+    @cached_property
+    def coalescer(self) -> Coalescer[Pending]:
+        """Merges concurrent sync requests for one model into one task message (API side)."""
+        from tasks.coalesce import Coalescer
+
+        s = self.settings
+        return Coalescer(s.sync_batch_max, s.sync_batch_inflight, s.sync_batch_slot_timeout)
 
     @cached_property
     def cache(self) -> RegistryCache:

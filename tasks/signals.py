@@ -1,6 +1,6 @@
 """Worker signal handlers around each inference attempt, one Redis round trip at each end: at the
-start the GPU's in-flight count and the task's state; at the end the attempt's statistics and
-breaker update, the in-flight count, and the outcome with the wake-up of the waiting request."""
+start the GPU's in-flight count and the requests' state; at the end the attempt's statistics and
+breaker update, the in-flight count, and each request's outcome with the wake-up of its waiter."""
 
 from __future__ import annotations
 
@@ -12,15 +12,23 @@ from celery.signals import task_postrun, task_prerun, worker_init, worker_proces
 
 from inferq.services import RedisError
 from inferq.tracing import setup_tracing
-from tasks.bookkeeping import Outcome, describe_error
+from tasks.bookkeeping import Outcome, TaskError, describe_error
 from tasks.infer import INFER_TASK, add_attempt, settle_breaker
 from tasks.runtime import services_for
+from workers.inference import InferRequest
 
 log = logging.getLogger(__name__)
 
 
 def _queue(task: Task) -> str:
     return str((task.request.delivery_info or {}).get("routing_key", ""))
+
+
+def _requests(args: Any) -> list[InferRequest]:
+    try:
+        return list(args[0]["requests"])
+    except (IndexError, KeyError, TypeError):
+        return []
 
 
 @worker_process_init.connect
@@ -41,14 +49,15 @@ def _start_tracing_in_main(sender: Any = None, **_: Any) -> None:
 
 
 @task_prerun.connect
-def _attempt_started(sender: Task | None = None, task_id: str = "", **_: Any) -> None:
+def _attempt_started(sender: Task | None = None, task_id: str = "", args: Any = None, **_: Any) -> None:
     if sender is None or sender.name != INFER_TASK:
         return
     services = services_for(sender.app)
     try:
         with services.redis.pipeline(transaction=False) as pipe:
             services.gpus.add_started(pipe, _queue(sender))
-            services.tasks.add_running(pipe, task_id)
+            for request in _requests(args):
+                services.tasks.add_running(pipe, request["task_id"])
             pipe.execute()
     except RedisError as exc:  # load figures and states are advice; inference goes on
         log.warning("task %s: in-flight count and state not updated: %s", task_id, exc)
@@ -56,12 +65,18 @@ def _attempt_started(sender: Task | None = None, task_id: str = "", **_: Any) ->
 
 @task_postrun.connect
 def _attempt_ended(
-    sender: Task | None = None, task_id: str = "", retval: Any = None, state: str = "", **_: Any
+    sender: Task | None = None,
+    task_id: str = "",
+    args: Any = None,
+    retval: Any = None,
+    state: str = "",
+    **_: Any,
 ) -> None:
     if sender is None or sender.name != INFER_TASK:
         return
     services = services_for(sender.app)
     attempts = getattr(sender.request, "inferq_attempts", None) or []
+    requests = _requests(args)
     try:
         with services.redis.pipeline(transaction=False) as pipe:
             for attempt in attempts:
@@ -69,15 +84,17 @@ def _attempt_ended(
             failures_at = len(pipe.command_stack) - 2  # the last attempt's breaker count
             services.gpus.add_finished(pipe, _queue(sender))
             if state == states.SUCCESS:
-                outcome: Outcome = {"state": "SUCCESS", "result": retval}
-                services.tasks.add_outcome(pipe, task_id, outcome)
+                outcomes: list[Outcome] = sender.request.inferq_outcomes
+                for request, outcome in zip(requests, outcomes, strict=True):
+                    services.tasks.add_outcome(pipe, request["task_id"], outcome, "inputs" not in request)
             elif state == states.FAILURE:
-                services.tasks.add_outcome(
-                    pipe, task_id, {"state": "FAILURE", "error": describe_error(retval)}
-                )
+                failed: Outcome = {"state": "FAILURE", "error": describe_error(retval)}
+                for request in requests:
+                    services.tasks.add_outcome(pipe, request["task_id"], failed, "inputs" not in request)
             elif state == states.RETRY:
-                note = {"code": "retrying", "message": str(getattr(retval, "exc", retval) or "")}
-                services.tasks.add_retrying(pipe, task_id, note)  # type: ignore[arg-type]
+                note: TaskError = {"code": "retrying", "message": str(getattr(retval, "exc", retval) or "")}
+                for request in requests:
+                    services.tasks.add_retrying(pipe, request["task_id"], note)
             replies = pipe.execute()
         if attempts:
             settle_breaker(services, attempts[-1], replies[failures_at])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -131,32 +131,42 @@ class GpuStates:
         self.depths = depths
         self.policy = policy
 
+    def add_loads(self, pipe: Any, gpus: Sequence[int]) -> Callable[[list[Any]], dict[int, GpuLoad]]:
+        """Queue the reads of each GPU's load and breaker on ``pipe``; returns the parser of the
+        pipeline's replies (which asks the broker itself when it is not this Redis)."""
+        queues = [gpu_queue(gpu) for gpu in gpus]
+        start = len(pipe.command_stack)
+        for queue in queues:
+            pipe.get(INFLIGHT_KEY.format(queue))
+            pipe.hget(BREAKER_KEY.format(queue), "open_until")
+        inline = self.depths.add_to(pipe, queues)
+
+        def parse(replies: list[Any]) -> dict[int, GpuLoad]:
+            own = replies[start : start + 2 * len(gpus) + (len(gpus) if inline else 0)]
+            depth = dict(zip(queues, own[2 * len(gpus) :], strict=True)) if inline else {}
+            if not inline:
+                depth = self.depths.depths(queues)
+            now = time.time()
+            return {
+                gpu: GpuLoad(
+                    int(depth.get(queue) or 0) + max(0, int(own[2 * i] or 0)), open_for(own[2 * i + 1], now)
+                )
+                for i, (gpu, queue) in enumerate(zip(gpus, queues, strict=True))
+            }
+
+        return parse
+
     def loads(self, gpus: Sequence[int]) -> dict[int, GpuLoad]:
         """Load and breaker of each GPU in one round trip (two when the broker is elsewhere).
 
         Empty when Redis cannot say: the router then treats every GPU as idle and closed.
         """
-        queues = [gpu_queue(gpu) for gpu in gpus]
         try:
             with self.client.pipeline(transaction=False) as pipe:
-                for queue in queues:
-                    pipe.get(INFLIGHT_KEY.format(queue))
-                    pipe.hget(BREAKER_KEY.format(queue), "open_until")
-                inline = self.depths.add_to(pipe, queues)
-                replies = pipe.execute()
+                parse = self.add_loads(pipe, gpus)
+                return parse(pipe.execute())
         except RedisError:
             return {}
-        depth = (
-            dict(zip(queues, replies[2 * len(gpus) :], strict=True)) if inline else self.depths.depths(queues)
-        )
-        now = time.time()
-        return {
-            gpu: GpuLoad(
-                int(depth.get(queue) or 0) + max(0, int(replies[2 * i] or 0)),
-                open_for(replies[2 * i + 1], now),
-            )
-            for i, (gpu, queue) in enumerate(zip(gpus, queues, strict=True))
-        }
 
     # In flight: counted by the worker around each task attempt.
 

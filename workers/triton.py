@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
+
 from inferq.tensors import from_numpy, to_numpy
 
 
@@ -112,21 +114,20 @@ class TritonEndpoint:
     def unload_model(self, name: str) -> None:
         self._call("unload_model", name)
 
-    def infer(
+    def infer_arrays(
         self,
         model: str,
-        inputs: Sequence[Mapping[str, Any]],
+        inputs: Mapping[str, tuple[str, np.ndarray]],
         outputs: Sequence[str] | None = None,
         version: str = "",
         request_id: str = "",
-    ) -> list[dict[str, Any]]:
-        """Run one inference; inputs and outputs are protocol tensors with flat ``data`` lists."""
+    ) -> dict[str, tuple[str, np.ndarray]]:
+        """Run one inference on numpy arrays (``name -> (datatype, array)``), as binary tensors both ways."""
         import tritonclient.http as httpclient
 
         infer_inputs = []
-        for tensor in inputs:
-            array = to_numpy(tensor)
-            item = httpclient.InferInput(tensor["name"], list(array.shape), tensor["datatype"])
+        for name, (datatype, array) in inputs.items():
+            item = httpclient.InferInput(name, list(array.shape), datatype)
             item.set_data_from_numpy(array, binary_data=True)
             infer_inputs.append(item)
         requested = [httpclient.InferRequestedOutput(name, binary_data=True) for name in outputs or ()]
@@ -139,8 +140,20 @@ class TritonEndpoint:
             request_id=request_id,
         )
         response = result.get_response()
-        tensors = []
-        for meta in response.get("outputs", []):
-            array = result.as_numpy(meta["name"])
-            tensors.append(from_numpy(meta["name"], meta["datatype"], array))
-        return tensors
+        return {
+            meta["name"]: (meta["datatype"], result.as_numpy(meta["name"]))
+            for meta in response.get("outputs", [])
+        }
+
+    def infer(
+        self,
+        model: str,
+        inputs: Sequence[Mapping[str, Any]],
+        outputs: Sequence[str] | None = None,
+        version: str = "",
+        request_id: str = "",
+    ) -> list[dict[str, Any]]:
+        """Run one inference; inputs and outputs are protocol tensors with flat ``data`` lists."""
+        arrays = {tensor["name"]: (tensor["datatype"], to_numpy(tensor)) for tensor in inputs}
+        answer = self.infer_arrays(model, arrays, outputs, version, request_id)
+        return [from_numpy(name, datatype, array) for name, (datatype, array) in answer.items()]

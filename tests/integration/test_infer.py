@@ -77,8 +77,9 @@ def test_large_inputs_travel_by_reference(stack: Stack) -> None:
     try:
         rows, _ = digits_rows(300, 20)  # 1280 floats: well over 1 KiB of JSON
         model = pipeline.resolve_model(stack.services, "digits", "1")
-        message, stash = pipeline.infer_message(model, pipeline.check_request(model, infer_body(rows)), 1024)
-        assert "inputs" not in message and stash is not None and len(stash) > 1024
+        pending = pipeline.prepare(pipeline.check_request(model, infer_body(rows)), "acme", False, 1024)
+        assert pending.inputs is None and pending.stash is not None and len(pending.stash) > 1024
+        assert "inputs" not in pipeline.infer_message(model, None, [pending])["requests"][0]
         response = app.test_client().post(
             "/v1/models/digits/infer", json=infer_body(rows), headers=stack.auth()
         )
@@ -168,3 +169,36 @@ def test_tasks_are_visible_to_their_tenant_only(stack: Stack) -> None:
     assert other.status_code == 404 and other.mimetype == "application/problem+json"
     unknown = stack.client().get("/v1/tasks/0123456789abcdef", headers=stack.auth())
     assert unknown.status_code == 404 and unknown.get_json()["title"] == "Task not found"
+
+
+def test_concurrent_requests_merged_into_one_message_each_get_their_own_answer(
+    api_url: str, stack: Stack
+) -> None:
+    """Requests that arrive while a publish for the model is under way share one task message and
+    one Triton call (``parameters.batch_size``); each still gets exactly its own rows' outputs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    merged = 0
+    for round_ in range(5):
+        starts = [round_ * 100 + 7 * i for i in range(16)]
+
+        def send(start: int) -> tuple[int, dict[str, Any]]:
+            rows, _ = digits_rows(start, 1 + start % 3)
+            response = requests.post(
+                f"{api_url}/v1/models/digits/infer", json=infer_body(rows), headers=stack.auth(), timeout=30
+            )
+            assert response.status_code == 200, response.text
+            return start, response.json()
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(send, starts))
+        for start, body in answers:
+            rows, _ = digits_rows(start, 1 + start % 3)
+            assert output(body, "label")["data"] == local_onnx(rows)[0].tolist()
+            assert output(body, "probabilities")["shape"] == [len(rows), 10]
+            merged += body["parameters"]["batch_size"] > 1
+        if merged:
+            break
+    assert merged, "16 concurrent requests never shared a message in 5 rounds"

@@ -42,7 +42,7 @@ def upload(services: Services, tenant: str, filename: str, pieces: Iterable[byte
     try:
         size = services.store.put_stream(key, pieces, content_type=CONTENT_TYPE)
     except StorageUnavailable as exc:
-        raise unavailable("object store", str(exc)) from None
+        raise unavailable("storage", str(exc)) from None
     except StorageError as exc:
         raise PipelineError(
             502, "object-store-error", "The object store refused the upload", str(exc)
@@ -91,7 +91,7 @@ def content_url(services: Services, tenant: str, file_id: str) -> str:
     try:
         return services.store.presigned_get(key, PRESIGNED_SECONDS)
     except StorageUnavailable as exc:
-        raise unavailable("object store", str(exc)) from None
+        raise unavailable("storage", str(exc)) from None
 
 
 def delete(services: Services, tenant: str, file_id: str) -> dict[str, Any]:

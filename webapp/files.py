@@ -53,7 +53,9 @@ class StreamedForm:
         # The decoder's buffer holds at most a read and a part's headers.
         self.decoder = MultipartDecoder(boundary, READ_SIZE + MAX_HEADER_BYTES, max_parts=MAX_PARTS)
         self.max_file = max_file
+        self.boundary = boundary
         self.fields: dict[str, str] = {}
+        self._held = b""
         self._ended = False
 
     def _events(self) -> Iterator[Any]:
@@ -65,12 +67,32 @@ class StreamedForm:
             if isinstance(event, NeedData):
                 if self._ended:
                     raise malformed("the body ends before the multipart form does")
-                data = self.stream.read(READ_SIZE)
-                self._ended = not data
-                self.decoder.receive_data(data or None)
+                self._feed()
                 continue
             yield event
             if isinstance(event, Epilogue):
+                return
+
+    def _feed(self) -> None:
+        """Give the decoder the next piece of the body (None at its end)."""
+        window = len(self.boundary) + 8
+        while True:
+            piece = self.stream.read(READ_SIZE)
+            data, self._held = self._held + piece, b""
+            if not piece:
+                self._ended = not data
+                self.decoder.receive_data(data or None)
+                return
+            # werkzeug's decoder (3.1) lets the CR before a boundary slip into the data when a
+            # piece ends inside the boundary or right after it: a piece never ends within a
+            # boundary's length after a line break here (that tail waits for the next read).
+            tail = max(0, len(data) - window)
+            breaks = [i for i in (data.find(b"\r", tail), data.find(b"\n", tail)) if i != -1]
+            if breaks:
+                cut = min(breaks)
+                data, self._held = data[:cut], data[cut:]
+            if data:
+                self.decoder.receive_data(data)
                 return
 
     def _skip(self, events: Iterator[Any]) -> None:

@@ -90,12 +90,14 @@ def make_input(count: int, bad_every: int = 0, seed: int = 7, prefix: str = "row
     return result
 
 
-def multipart(data: bytes, name: str = "input.jsonl", **fields: str) -> tuple[bytes, str]:
+def multipart(
+    data: bytes, name: str = "input.jsonl", boundary: str | None = None, **fields: str
+) -> tuple[bytes, str]:
     """A multipart/form-data body with ``fields`` and the file ``data`` in the field ``file``."""
     from urllib3 import encode_multipart_formdata
 
     parts: dict[str, Any] = {**fields, "file": (name, data, "application/jsonl")}
-    return encode_multipart_formdata(parts)
+    return encode_multipart_formdata(parts, boundary=boundary)
 
 
 def upload(stack: Stack, data: bytes, key: str | None = None, name: str = "input.jsonl") -> dict[str, Any]:

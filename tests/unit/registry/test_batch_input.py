@@ -254,3 +254,21 @@ def test_plan_chunks_refuses_lines_out_of_order(lines: list[tuple[int, int, int]
 def test_plan_chunks_needs_a_positive_size() -> None:
     with pytest.raises(ValueError):
         list(plan_chunks(spans(1), 0))
+
+
+def test_a_line_checked_again_alone_comes_out_as_the_planner_saw_it() -> None:
+    from registry.batch_input import recheck_line
+
+    seen: set[str] = set()
+    lines = [request("a"), request("a"), request("b", inputs=[]), request("b"), b"[]", b"\n"]
+    first_pass = [parse(line, number, seen) for number, line in enumerate(lines, 1)]
+    duplicates = {
+        number
+        for number, found in enumerate(first_pass, 1)
+        if isinstance(found, LineError) and found.code == "duplicate_custom_id"
+    }
+    assert duplicates == {2, 4}
+    again = [
+        recheck_line(line, n, INPUTS, OUTPUTS, n in duplicates, MAX_LINE) for n, line in enumerate(lines, 1)
+    ]
+    assert again == first_pass

@@ -13,7 +13,7 @@ processes racing to, say, start finalizing, exactly one is told it did.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -633,25 +633,35 @@ def chunks_left(session: Session, batch_id: str) -> int:
     )
 
 
-def lost_chunks(session: Session, older_than: datetime, limit: int = 100) -> list[Chunk]:
+def lost_chunks(
+    session: Session,
+    older_than: datetime,
+    limit: int = 100,
+    *,
+    queues: Collection[str] | None = None,
+    overdue: datetime | None = None,
+) -> list[Chunk]:
     """Chunks of planned batches (queued or in progress) that may need sending again.
 
     Queued chunks sent before ``older_than`` and not done: their message may be lost
     (a Redis restart, a worker killed with ``-9``); re-sending one that was merely slow
-    is harmless, as completion counts once. And pending chunks, never sent, of batches
-    created before ``older_than`` (a planner that died between its commit and its sends).
+    is harmless, as completion counts once. With ``queues``, only those sent to one of
+    these queues (the empty ones: a message waiting in a busy queue is not lost), or
+    sent before ``overdue``. And pending chunks, never sent, of batches created before
+    ``older_than`` (a planner that died between its commit and its sends).
     Oldest sends first, never-sent ones last.
     """
+    sent = and_(Chunk.status == "queued", Chunk.sent_at < older_than)
+    if queues is not None:
+        where = Chunk.queue.in_(list(queues))
+        sent = and_(sent, or_(where, Chunk.sent_at < overdue) if overdue is not None else where)
     return list(
         session.scalars(
             select(Chunk)
             .join(Batch, Batch.id == Chunk.batch_id)
             .where(
                 Batch.status.in_(SENDING_STATUSES),
-                or_(
-                    and_(Chunk.status == "queued", Chunk.sent_at < older_than),
-                    and_(Chunk.status == "pending", Batch.created_at < older_than),
-                ),
+                or_(sent, and_(Chunk.status == "pending", Batch.created_at < older_than)),
             )
             .order_by(Chunk.sent_at.is_(None), Chunk.sent_at, Chunk.id)
             .limit(limit)

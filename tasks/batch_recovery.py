@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from inferq.settings import gpu_queue
 from registry import batches as registry
 from registry.batches import Chunk
 from registry.db import utcnow
@@ -78,10 +79,13 @@ def reap(services: Services, dispatch: Dispatch, now: datetime | None = None, li
     now = now or utcnow()
     age = timedelta(seconds=settings.batch_lost_chunk_age)
     report = Reaped()
+    # Messages waiting in a queue are not lost: look only at chunks sent to empty queues
+    # (and at those overdue whatever their queue).
+    depths = services.gpus.depths.depths([gpu_queue(gpu) for gpu in settings.gpus])
+    empty = [queue for queue, depth in depths.items() if depth == 0]
     with transaction(services) as session:
-        candidates = registry.lost_chunks(session, now - age, limit=limit)
+        candidates = registry.lost_chunks(session, now - age, limit, queues=empty, overdue=now - 10 * age)
         session.expunge_all()
-    depths = services.gpus.depths.depths(sorted({c.queue for c in candidates if c.queue}))
     give_up = settings.batch_chunk_max_attempts * LOST_ATTEMPTS_FACTOR
     for chunk in candidates:
         if not is_lost(chunk, depths, now, age):

@@ -564,3 +564,89 @@ def test_deleting_a_batch_deletes_its_chunks(db: Database) -> None:
         session.execute(delete(Batch).where(Batch.id == batch.id))
     with db.session() as session:
         assert session.scalars(select(Chunk).where(Chunk.batch_id == batch.id)).all() == []
+
+
+def test_chunks_can_be_recorded_sent_with_their_duplicate_lines(db: Database) -> None:
+    from registry.batches import get_chunk_at
+
+    batch = new_batch(db, unique())
+    specs = [ChunkSpec(0, 0, 100, 1, 10), ChunkSpec(1, 100, 200, 12, 10)]
+    with db.session() as session:
+        assert mark_queued(session, batch.id, 20)
+        add_chunks(
+            session, batch.id, specs, duplicates={1: [13, 20]}, sends={0: ("gpu.1", "t0"), 1: ("gpu.0", "t1")}
+        )
+    with db.session() as session:
+        first, second = get_chunk_at(session, batch.id, 0), get_chunk_at(session, batch.id, 1)
+        assert first is not None and second is not None and get_chunk_at(session, batch.id, 2) is None
+        assert (first.status, first.queue, first.task_id, first.attempts) == ("queued", "gpu.1", "t0", 1)
+        assert first.sent_at is not None and first.duplicate_lines is None
+        assert second.duplicate_lines == [13, 20] and second.queue == "gpu.0"
+
+
+def test_lost_chunks_can_be_limited_to_empty_queues_unless_overdue(db: Database) -> None:
+    batch, chunks = running_batch(db, unique(), chunks=3)
+    now = utcnow()
+    with db.session() as session:
+        for chunk, queue in zip(chunks, ("gpu.0", "gpu.1", "gpu.0"), strict=True):
+            assert mark_chunk_sent(session, chunk.id, queue, f"t{chunk.index}")
+        session.execute(
+            update(Chunk).where(Chunk.id == chunks[0].id).values(sent_at=now - timedelta(hours=3))
+        )
+        session.execute(
+            update(Chunk)
+            .where(Chunk.id.in_([chunks[1].id, chunks[2].id]))
+            .values(sent_at=now - timedelta(hours=1))
+        )
+    cutoff = now - timedelta(minutes=10)
+    with db.session() as session:
+
+        def lost(**kwargs: Any) -> list[int]:
+            return sorted(
+                c.index for c in lost_chunks(session, cutoff, 1000, **kwargs) if c.batch_id == batch.id
+            )
+
+        assert lost() == [0, 1, 2]
+        assert lost(queues=["gpu.1"]) == [1]  # gpu.0 is busy: its messages are waiting, not lost
+        assert lost(queues=["gpu.1"], overdue=now - timedelta(hours=2)) == [0, 1]
+        assert lost(queues=[]) == []
+
+
+def test_batches_left_behind_are_found(db: Database) -> None:
+    from registry.batches import batch_reading, batches_done_running, stale_batches
+
+    tenant = unique()
+    validating = new_batch(db, tenant)
+    running, chunks = running_batch(db, tenant, chunks=1)
+    later = utcnow() + timedelta(hours=1)
+    with db.session() as session:
+        assert validating.id in [b.id for b in stale_batches(session, "validating", later)]
+        assert validating.id not in [
+            b.id for b in stale_batches(session, "validating", utcnow() - timedelta(hours=1))
+        ]
+        assert running.id not in batches_done_running(session)
+        assert batch_reading(session, validating.input_file_id or "") is not None
+        assert mark_chunk_sent(session, chunks[0].id, "gpu.0", "t")
+        assert complete_chunk(
+            session, chunks[0].id, ok=10, errors=0, output_part_key="o", error_part_key=None
+        )
+    with db.session() as session:
+        assert running.id in batches_done_running(session)  # every chunk done, still in progress
+        assert mark_finalizing(session, running.id)
+        assert running.id in [b.id for b in stale_batches(session, "finalizing", later)]
+        assert mark_failed(session, validating.id, "x", "y")
+        assert batch_reading(session, validating.input_file_id or "") is None  # final: no longer read
+
+
+def test_cancelled_at_is_when_the_cancel_was_asked(db: Database) -> None:
+    tenant = unique()
+    batch, _ = running_batch(db, tenant, chunks=1)
+    with db.session() as session:
+        cancellation = cancel_batch(session, tenant, batch.id)
+        assert cancellation is not None
+        asked = cancellation.batch.cancelled_at
+        assert asked is not None
+    with db.session() as session:
+        assert mark_cancelled(session, batch.id)
+        found = get_batch(session, tenant, batch.id)
+        assert found is not None and found.status == "cancelled" and found.cancelled_at == asked

@@ -189,7 +189,10 @@ class ApiError(ClientError):
         """One line (``404 Model not found: no model 'x'``), then one line per field error."""
         head = f"{self.status} {self.title}" if self.status else self.title
         lines = [head + (f": {self.detail}" if self.detail else "")]
-        lines += [f"  {e.get('pointer', '')}: {e.get('detail', '')}" for e in self.errors]
+        for error in self.errors:
+            text = f"{error.get('pointer', '')}: {error.get('detail', '')}"
+            if text not in self.detail:  # the API's detail often lists the first few already
+                lines.append(f"  {text}")
         return "\n".join(lines)
 
     @classmethod

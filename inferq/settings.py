@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,8 @@ class Settings:
     # "0=http://host:8000,1=http://host:8010", or one URL for every GPU; default:
     # one local Triton per GPU on ports 8000+10*N (HTTP), +1 gRPC, +2 metrics.
     triton_urls: Mapping[int, str] = dataclasses.field(default_factory=dict)
-    triton_timeout: float = 10.0
+    triton_timeout: float = 10.0  # one inference (or health) call
+    triton_load_timeout: float = 540.0  # loading a model (shorter than the deploy task's 600 s limit)
     model_repository: str = dataclasses.field(default_factory=_default_model_repository)
     api_host: str = "127.0.0.1"
     api_port: int = 8080
@@ -55,6 +57,11 @@ class Settings:
     api_workers: int = 1  # gunicorn processes
     api_threads: int = 16  # gthread only
     api_connections: int = 1000  # gevent only: connections one process serves at once
+    # Slow clients: a connection that has not sent a whole request head within api_keep_alive
+    # seconds is closed (gunicorn --keep-alive; also how long an idle keep-alive connection
+    # stays open); a body (or a reader of the answer) that stalls this long is dropped.
+    api_keep_alive: int = 5
+    api_read_timeout: float = 30.0
     flower_port: int = 5555
     sync_timeout: float = 5.0
     sync_timeout_max: float = 60.0
@@ -64,6 +71,7 @@ class Settings:
     sync_batch_max: int = 32
     sync_batch_inflight: int = 2
     sync_batch_slot_timeout: float = 2.0
+    sync_deadline: float = 300.0  # a sync inference not started within this many seconds is dropped
     sync_waiting_per_tenant: int = 128  # sync requests of one tenant waiting at once; beyond: 429
     key_cache_ttl: float = 5.0  # seconds an API key's lookup is reused in-process (a revoke takes this long)
     max_request_bytes: int = 16 * 1024 * 1024
@@ -78,7 +86,11 @@ class Settings:
     gpu_worker_pool: str = "threads"  # GPU workers: their tasks wait on Triton
     gpu_worker_concurrency: int = 8
     health_timeout: float = 2.0
+    ready_cache_ttl: float = 2.0  # seconds each API process reuses its /readyz checks
     rate_limit: str = "100/minute"  # per API key unless the key has its own; empty: no limit
+    # After the limiter's Redis fails, requests go unchecked for at most this many seconds
+    # (counted in inferq_rate_limiter_open_total); then Redis is asked again.
+    rate_limit_fail_open: float = 1.0
     breaker_threshold: int = 5
     breaker_cooldown: float = 30.0
     cache_ttl: int = 900
@@ -169,13 +181,24 @@ class Settings:
         return env
 
     def describe(self) -> str:
-        """Effective settings, one per line, secrets masked."""
+        """Effective settings, one per line, secrets masked (passwords inside URLs too)."""
         lines = []
         for key, value in sorted(self.as_env().items()):
-            if "SECRET" in key or key == "INFERQ_API_KEY":
+            if any(word in key for word in SECRET_WORDS):
                 value = "***"
-            lines.append(f"{key}={value}")
+            lines.append(f"{key}={mask_secrets(value)}")
         return "\n".join(lines)
+
+
+SECRET_WORDS = ("SECRET", "PASSWORD", "TOKEN", "API_KEY")
+# scheme://user:password@host -> scheme://user:***@host; ?password=... -> ?password=***
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):[^@\s]*@")
+_QUERY_SECRET = re.compile(r"(?P<head>[?&](?:password|passwd|secret|token|sslpassword)=)[^&\s,]*", re.I)
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with the password of every URL in it (and secret query parameters) masked."""
+    return _QUERY_SECRET.sub(r"\g<head>***", _URL_PASSWORD.sub(r"\g<head>:***@", text))
 
 
 CONTROL_QUEUE = "control"

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from celery import Task, shared_task
 
-from inferq.settings import gpu_of_queue
+from inferq.settings import gpu_of_queue, gpu_queue
 from registry import stats
 from tasks.bookkeeping import Outcome
+from tasks.publish import publish
+from tasks.routing import NoRoute, choose_gpu
 from tasks.runtime import Services, services_for
 from workers.inference import InferMessage, MessageResult, Tensor, is_failure, run_message
-from workers.triton import TritonUnavailable
+from workers.triton import TritonModelNotFound, TritonUnavailable
 
 INFER_TASK = "inferq.infer"
 log = logging.getLogger(__name__)
@@ -83,6 +86,36 @@ def infer_on_gpu(
     return result
 
 
+def reroute_target(services: Services, message: InferMessage, failed_gpu: int) -> int | None:
+    """Another GPU where the model is ready and that can take the message now, or None."""
+    others = [gpu for gpu in message.get("gpus", []) if gpu != failed_gpu and gpu in services.settings.gpus]
+    if not others:
+        return None
+    try:
+        loads = services.gpus.loads(others, message["model_id"])
+        return choose_gpu(others, loads, claim_trial=services.gpus.claim_trial)
+    except NoRoute:
+        return None
+
+
+def send_again(task: Task, message: InferMessage, gpu: int) -> None:
+    """Publish ``message`` to ``gpu``'s queue as the next attempt of ``task`` (same id and deadline)."""
+    request = task.request
+    expires = datetime.fromisoformat(request.expires) if isinstance(request.expires, str) else request.expires
+    size = len(message["requests"])
+    publish(
+        task.app,
+        INFER_TASK,
+        [message],
+        gpu_queue(gpu),
+        request.id,
+        f"({message['model_name']}:{message['model_version']}, {size} request{'s' if size > 1 else ''})",
+        expires,
+        retries=request.retries + 1,
+    )
+    log.info("task %s: sent to gpu.%s after a failed attempt on %s", request.id, gpu, request.delivery_info)
+
+
 @shared_task(
     bind=True,
     name=INFER_TASK,
@@ -102,9 +135,12 @@ def infer(self: Task, message: InferMessage) -> int:
     Each request's outcome goes to ``tasks.signals`` on the task's request (the return
     value is kept small: Celery renders it into the task-succeeded event).
 
-    Triton unreachable: retried 3 times, then every request fails as ``backend_unavailable``.
-    A request Triton refuses fails alone with its code. Whatever happens, each waiting
-    request is woken (see ``tasks.signals``) and ``GET /v1/tasks/{id}`` shows its end.
+    Triton unreachable, or without the model: the message goes to another GPU where the
+    model is ready and whose breaker lets it through (or, when there is none, back to
+    this GPU after a back-off); after 3 attempts every request fails as
+    ``backend_unavailable`` (or ``model_not_loaded``). A request Triton refuses fails
+    alone with its code. Whatever happens, each waiting request is woken (see
+    ``tasks.signals``) and ``GET /v1/tasks/{id}`` shows its end.
     """
     queue = (self.request.delivery_info or {}).get("routing_key", "")
     gpu = gpu_of_queue(queue)
@@ -116,10 +152,19 @@ def infer(self: Task, message: InferMessage) -> int:
     self.request.inferq_attempts = attempts
     try:
         result = infer_on_gpu(services, message, gpu, attempts)
-    except TritonUnavailable as exc:
+    except (TritonUnavailable, TritonModelNotFound) as exc:
+        if isinstance(exc, TritonModelNotFound):
+            services.gpus.mark_missing(message["model_id"], gpu)
         if self.request.retries >= self.max_retries:
             raise InferenceFailed(str(exc), exc.code) from exc
-        raise
+        target = reroute_target(services, message, gpu)
+        if target is not None:
+            send_again(self, message, target)
+            self.request.inferq_rerouted = target
+            return 0
+        if isinstance(exc, TritonModelNotFound):
+            raise InferenceFailed(str(exc), exc.code) from exc
+        raise  # the same GPU after a back-off (autoretry)
     except LookupError as exc:
         raise InferenceFailed(str(exc), "inputs_expired") from exc
     where = {

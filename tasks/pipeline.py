@@ -15,10 +15,10 @@ import random
 import uuid
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Celery
-from kombu.exceptions import OperationalError
 
 from inferq.services import RedisError
 from inferq.settings import gpu_queue
@@ -27,7 +27,9 @@ from registry.models import pick_version, ready_gpus
 from registry.signatures import CheckedTensor, Problem, TensorSpec, check_inference_request, specs_from_json
 from tasks.bookkeeping import BookkeepingUnavailable, Outcome, TaskRecord
 from tasks.coalesce import Ticket
+from tasks.errors import PipelineError, invalid, unavailable
 from tasks.infer import INFER_TASK
+from tasks.publish import publish
 from tasks.routing import NoRoute, choose_gpu, route_request
 from tasks.runtime import Services
 from workers.inference import InferAnswer, InferMessage, InferRequest, Tensor
@@ -36,36 +38,6 @@ MAX_ID_LENGTH = 256
 
 # Error codes of failed inferences -> the status a waiting request gets.
 ERROR_STATUS = {"invalid_request": 400, "backend_unavailable": 503, "model_not_loaded": 503}
-
-
-class PipelineError(Exception):
-    """A request the pipeline cannot take: ``status`` (HTTP), a stable ``code`` slug, a title, a detail."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        title: str,
-        detail: str = "",
-        problems: list[Problem] | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(detail or title)
-        self.status, self.code, self.title, self.detail = status, code, title, detail
-        self.problems = problems or []
-        self.retry_after = retry_after
-
-
-def invalid(problems: list[Problem], title: str = "The request is not valid") -> PipelineError:
-    detail = "; ".join(f"{p.pointer}: {p.detail}" for p in problems[:5])
-    return PipelineError(400, "invalid-request", title, detail, problems=problems)
-
-
-def unavailable(service: str, detail: str) -> PipelineError:
-    """A backing service (broker, database, cache, object store, Triton) is down: 503."""
-    return PipelineError(
-        503, f"{service}-unavailable", f"The {service} is unavailable", detail, retry_after=5
-    )
 
 
 @dataclass(frozen=True)
@@ -153,40 +125,6 @@ def route(services: Services, model: ResolvedModel) -> int:
         raise no_gpu(exc) from None
 
 
-# Publishing gives up fast: a request must not hang on a broker that is down.
-PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
-
-
-def publish(
-    app: Celery,
-    name: str,
-    args: list[Any],
-    queue: str,
-    task_id: str | None = None,
-    argsrepr: str | None = None,
-) -> None:
-    """Queue a task by name on ``queue``; a broker that cannot take it is a 503 ``broker-unavailable``.
-
-    ``argsrepr`` is what Flower and the logs show of the arguments (never tensors). Nobody
-    waits on a result through Celery (the outcome of an inference is kept by
-    ``tasks.bookkeeping``, the rest by the database), so the publisher does not subscribe
-    to one (with the Redis result backend that is two more commands per task).
-    """
-    try:
-        app.send_task(
-            name,
-            args=args,
-            task_id=task_id,
-            queue=queue,
-            retry=True,
-            retry_policy=PUBLISH_RETRY,
-            argsrepr=argsrepr,
-            ignore_result=True,
-        )
-    except OperationalError as exc:
-        raise unavailable("broker", f"the task could not be queued: {exc}") from None
-
-
 @dataclass(frozen=True)
 class Dispatched:
     task_id: str
@@ -243,6 +181,7 @@ def infer_message(model: ResolvedModel, outputs: list[str] | None, batch: Sequen
         "triton_version": model.triton_version,
         "outputs": outputs,
         "batchable": is_batchable(model),
+        "gpus": list(model.gpus),
         "requests": requests,
     }
 
@@ -264,7 +203,7 @@ def publish_requests(
                 book.add_open(pipe, p.task_id, p.tenant, model.name, model.version, p.stash, p.waiting)
                 for p in batch
             ]
-            parse_loads = services.gpus.add_loads(pipe, candidates)
+            parse_loads = services.gpus.add_loads(pipe, candidates, model.id)
             replies = pipe.execute()
     except RedisError as exc:
         return [unavailable("cache", f"Redis cannot be reached: {exc}")] * len(batch)
@@ -292,10 +231,11 @@ def publish_requests(
     try:
         if not candidates:
             raise NoRoute("the model is not deployed and ready on any configured GPU")
-        gpu = choose_gpu(candidates, parse_loads(replies))
+        gpu = choose_gpu(candidates, parse_loads(replies), claim_trial=services.gpus.claim_trial)
         message = infer_message(model, outputs, accepted)
         where = f"({model.name}:{model.version}, {len(accepted)} request{'s' if len(accepted) > 1 else ''})"
-        publish(app, INFER_TASK, [message], gpu_queue(gpu), accepted[0].task_id, argsrepr=where)
+        deadline = datetime.now(UTC) + timedelta(seconds=settings.sync_deadline)
+        publish(app, INFER_TASK, [message], gpu_queue(gpu), accepted[0].task_id, where, deadline)
     except (NoRoute, PipelineError) as exc:
         failure = exc if isinstance(exc, PipelineError) else no_gpu(exc)
         for pending in accepted:

@@ -10,7 +10,7 @@ gets nothing until its breaker's cool-down ends.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from workers.gpu_state import GpuLoad, GpuStates
 
@@ -24,14 +24,34 @@ class NoRoute(Exception):
 
 
 def choose_gpu(
-    candidates: Sequence[int], loads: Mapping[int, GpuLoad], rng: random.Random | None = None
+    candidates: Sequence[int],
+    loads: Mapping[int, GpuLoad],
+    rng: random.Random | None = None,
+    claim_trial: Callable[[int], bool] | None = None,
 ) -> int:
-    """The least loaded candidate whose breaker is not open; ties broken at random."""
+    """The least loaded candidate whose breaker is closed; ties broken at random.
+
+    A GPU whose breaker is half-open gets one trial request (``claim_trial`` hands it
+    out once per cool-down): a success closes the breaker, a failure opens it again. A
+    GPU whose Triton lately did not have the model gets nothing.
+    """
     if not candidates:
         raise NoRoute("the model is not deployed on any GPU")
-    usable = [gpu for gpu in candidates if loads.get(gpu, GpuLoad()).open_for <= 0]
+    present = [gpu for gpu in candidates if not loads.get(gpu, GpuLoad()).missing]
+    if not present:
+        raise NoRoute(
+            f"the Triton of every GPU serving the model lost it (GPUs {list(candidates)}); "
+            "it is being reloaded",
+            retry_after=5,
+        )
+    usable = [gpu for gpu in present if loads.get(gpu, GpuLoad()).open_for <= 0]
+    if claim_trial is not None:
+        for gpu in usable:
+            if loads.get(gpu, GpuLoad()).half_open and claim_trial(gpu):
+                return gpu
+        usable = [gpu for gpu in usable if not loads.get(gpu, GpuLoad()).half_open]
     if not usable:
-        wait = min(loads[gpu].open_for for gpu in candidates)
+        wait = min(max(loads[gpu].open_for, 1.0) for gpu in present)
         raise NoRoute(
             f"the Triton of every GPU serving the model is failing (GPUs {list(candidates)}); "
             f"circuit breakers open for {wait:.0f}s more",
@@ -47,4 +67,4 @@ def route_request(gpus: GpuStates, ready_gpus: Sequence[int], configured_gpus: S
     candidates = [gpu for gpu in ready_gpus if gpu in configured_gpus]
     if not candidates:
         raise NoRoute("the model is not deployed and ready on any configured GPU")
-    return choose_gpu(candidates, gpus.loads(candidates))
+    return choose_gpu(candidates, gpus.loads(candidates), claim_trial=gpus.claim_trial)

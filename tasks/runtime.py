@@ -94,7 +94,8 @@ class Services:
             if gpu not in endpoints:
                 from workers.triton import TritonEndpoint
 
-                endpoints[gpu] = TritonEndpoint(self.settings.triton_urls[gpu], self.settings.triton_timeout)
+                s = self.settings
+                endpoints[gpu] = TritonEndpoint(s.triton_urls[gpu], s.triton_timeout, s.triton_load_timeout)
             return endpoints[gpu]
 
     def close(self) -> None:

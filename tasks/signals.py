@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from celery import Task, states
-from celery.signals import task_postrun, task_prerun, worker_init, worker_process_init
+from celery.signals import task_postrun, task_prerun, task_revoked, worker_init, worker_process_init
 
 from inferq.services import RedisError
 from inferq.tracing import setup_tracing
@@ -83,8 +83,16 @@ def _attempt_ended(
                 add_attempt(services, pipe, attempt)
             failures_at = len(pipe.command_stack) - 2  # the last attempt's breaker count
             services.gpus.add_finished(pipe, _queue(sender))
-            if state == states.SUCCESS:
-                outcomes: list[Outcome] = sender.request.inferq_outcomes
+            outcomes: list[Outcome] | None = getattr(sender.request, "inferq_outcomes", None)
+            if state == states.SUCCESS and outcomes is None:  # sent to another GPU: not over yet
+                rerouted = getattr(sender.request, "inferq_rerouted", "?")
+                note: TaskError = {
+                    "code": "rerouted",
+                    "message": f"sent to gpu.{rerouted} after a failed attempt",
+                }
+                for request in requests:
+                    services.tasks.add_retrying(pipe, request["task_id"], note)
+            elif state == states.SUCCESS and outcomes is not None:
                 for request, outcome in zip(requests, outcomes, strict=True):
                     services.tasks.add_outcome(pipe, request["task_id"], outcome, "inputs" not in request)
             elif state == states.FAILURE:
@@ -92,7 +100,7 @@ def _attempt_ended(
                 for request in requests:
                     services.tasks.add_outcome(pipe, request["task_id"], failed, "inputs" not in request)
             elif state == states.RETRY:
-                note: TaskError = {"code": "retrying", "message": str(getattr(retval, "exc", retval) or "")}
+                note = {"code": "retrying", "message": str(getattr(retval, "exc", retval) or "")}
                 for request in requests:
                     services.tasks.add_retrying(pipe, request["task_id"], note)
             replies = pipe.execute()
@@ -100,3 +108,22 @@ def _attempt_ended(
             settle_breaker(services, attempts[-1], replies[failures_at])
     except RedisError as exc:  # the waiter falls back to 202; the client polls
         log.warning("task %s: outcome not recorded: %s", task_id, exc)
+
+
+@task_revoked.connect
+def _revoked(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
+    """A sync task past its deadline (``INFERQ_SYNC_DEADLINE``) or revoked is never run: its
+    requests end as failed, visibly, instead of staying queued until their records expire."""
+    if sender is None or getattr(sender, "name", "") != INFER_TASK or request is None:
+        return
+    services = services_for(sender.app)
+    code = "expired" if expired else "cancelled"
+    why = "not started before its deadline" if expired else "revoked before it ran"
+    outcome: Outcome = {"state": "FAILURE", "error": {"code": code, "message": f"the inference was {why}"}}
+    try:
+        with services.redis.pipeline(transaction=False) as pipe:
+            for item in _requests(getattr(request, "args", None)):
+                services.tasks.add_outcome(pipe, item["task_id"], outcome, "inputs" not in item)
+            pipe.execute()
+    except RedisError as exc:
+        log.warning("task %s: expiry not recorded: %s", getattr(request, "id", "?"), exc)

@@ -12,6 +12,7 @@ failure opens it at once, one success closes it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -26,7 +27,10 @@ from inferq.settings import gpu_queue
 log = logging.getLogger(__name__)
 
 BREAKER_KEY = "inferq:breaker:{}"
+TRIAL_KEY = "inferq:breaker-trial:{}"
 INFLIGHT_KEY = "inferq:inflight:{}"
+MISSING_KEY = "inferq:missing:{}:{}"  # model id, queue: its Triton said it does not have the model
+MISSING_TTL = 60  # the reconciler reloads it within a minute; until then the router sends nothing there
 INFLIGHT_TTL = 600  # a counter left high by a killed worker heals after this long
 
 
@@ -38,10 +42,14 @@ class BreakerPolicy:
 
 @dataclass(frozen=True)
 class GpuLoad:
-    """One GPU as the router sees it: waiting plus running tasks, and how long its breaker stays open."""
+    """One GPU as the router sees it: waiting plus running tasks, how long its breaker stays
+    open, whether the breaker is half-open (cool-down over, not yet closed by a success), and
+    whether its Triton said lately that it does not have the model."""
 
     load: int = 0
     open_for: float = 0.0
+    half_open: bool = False
+    missing: bool = False
 
 
 def open_for(raw_open_until: bytes | str | None, now: float | None = None) -> float:
@@ -131,39 +139,70 @@ class GpuStates:
         self.depths = depths
         self.policy = policy
 
-    def add_loads(self, pipe: Any, gpus: Sequence[int]) -> Callable[[list[Any]], dict[int, GpuLoad]]:
-        """Queue the reads of each GPU's load and breaker on ``pipe``; returns the parser of the
-        pipeline's replies (which asks the broker itself when it is not this Redis)."""
+    def add_loads(
+        self, pipe: Any, gpus: Sequence[int], model_id: str | None = None
+    ) -> Callable[[list[Any]], dict[int, GpuLoad]]:
+        """Queue the reads of each GPU's load, breaker (and, for ``model_id``, whether its Triton
+        lost the model) on ``pipe``; returns the parser of the pipeline's replies (which asks the
+        broker itself when it is not this Redis)."""
         queues = [gpu_queue(gpu) for gpu in gpus]
         start = len(pipe.command_stack)
         for queue in queues:
             pipe.get(INFLIGHT_KEY.format(queue))
-            pipe.hget(BREAKER_KEY.format(queue), "open_until")
+            pipe.hmget(BREAKER_KEY.format(queue), "open_until", "failures")
+            if model_id is not None:
+                pipe.exists(MISSING_KEY.format(model_id, queue))
+        per_gpu = 3 if model_id is not None else 2
         inline = self.depths.add_to(pipe, queues)
 
         def parse(replies: list[Any]) -> dict[int, GpuLoad]:
-            own = replies[start : start + 2 * len(gpus) + (len(gpus) if inline else 0)]
-            depth = dict(zip(queues, own[2 * len(gpus) :], strict=True)) if inline else {}
+            own = replies[start : start + per_gpu * len(gpus) + (len(gpus) if inline else 0)]
+            depth = dict(zip(queues, own[per_gpu * len(gpus) :], strict=True)) if inline else {}
             if not inline:
                 depth = self.depths.depths(queues)
             now = time.time()
-            return {
-                gpu: GpuLoad(
-                    int(depth.get(queue) or 0) + max(0, int(own[2 * i] or 0)), open_for(own[2 * i + 1], now)
+            found = {}
+            for i, (gpu, queue) in enumerate(zip(gpus, queues, strict=True)):
+                inflight, (open_until, failures) = own[per_gpu * i], own[per_gpu * i + 1]
+                tripped = open_until is not None and int(failures or 0) >= self.policy.threshold
+                found[gpu] = GpuLoad(
+                    int(depth.get(queue) or 0) + max(0, int(inflight or 0)),
+                    open_for(open_until, now),
+                    half_open=tripped and open_for(open_until, now) <= 0,
+                    missing=bool(own[per_gpu * i + 2]) if model_id is not None else False,
                 )
-                for i, (gpu, queue) in enumerate(zip(gpus, queues, strict=True))
-            }
+            return found
 
         return parse
 
-    def loads(self, gpus: Sequence[int]) -> dict[int, GpuLoad]:
+    def claim_trial(self, gpu: int) -> bool:
+        """Take the one trial request a half-open breaker lets through (per cool-down); False if taken."""
+        try:
+            key = TRIAL_KEY.format(gpu_queue(gpu))
+            return bool(self.client.set(key, "1", nx=True, ex=max(1, int(self.policy.cooldown))))
+        except RedisError:
+            return False
+
+    def mark_missing(self, model_id: str, gpu: int) -> None:
+        """GPU ``gpu``'s Triton does not have the model: route nothing of it there for a while."""
+        try:
+            self.client.set(MISSING_KEY.format(model_id, gpu_queue(gpu)), "1", ex=MISSING_TTL)
+        except RedisError as exc:
+            log.warning("gpu %s: model %s not marked missing: %s", gpu, model_id, exc)
+
+    def clear_missing(self, model_id: str, gpu: int) -> None:
+        """The model is loaded on ``gpu`` again (the reconciler reloaded it)."""
+        with contextlib.suppress(RedisError):
+            self.client.delete(MISSING_KEY.format(model_id, gpu_queue(gpu)))
+
+    def loads(self, gpus: Sequence[int], model_id: str | None = None) -> dict[int, GpuLoad]:
         """Load and breaker of each GPU in one round trip (two when the broker is elsewhere).
 
         Empty when Redis cannot say: the router then treats every GPU as idle and closed.
         """
         try:
             with self.client.pipeline(transaction=False) as pipe:
-                parse = self.add_loads(pipe, gpus)
+                parse = self.add_loads(pipe, gpus, model_id)
                 return parse(pipe.execute())
         except RedisError:
             return {}

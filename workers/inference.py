@@ -21,7 +21,13 @@ import numpy as np
 
 from inferq.tensors import from_numpy, to_numpy
 from inferq.tracing import span
-from workers.triton import TritonEndpoint, TritonError, TritonRejected, TritonUnavailable
+from workers.triton import (
+    TritonEndpoint,
+    TritonError,
+    TritonModelNotFound,
+    TritonRejected,
+    TritonUnavailable,
+)
 
 
 class Tensor(TypedDict):
@@ -51,6 +57,7 @@ class InferMessage(TypedDict):
     triton_version: str
     outputs: list[str] | None
     batchable: bool  # every input and output has a variable first dimension
+    gpus: list[int]  # where the model was ready when the message was sent (a retry may go to another)
     requests: list[InferRequest]
 
 
@@ -90,8 +97,9 @@ def run_message(
 ) -> MessageResult:
     """Run every request of ``message`` (``inputs[i]`` for request ``i``) on ``endpoint``.
 
-    Raises :class:`~workers.triton.TritonUnavailable` when Triton cannot be reached (the
-    whole message is worth a retry); a request Triton refuses fails alone.
+    Raises :class:`~workers.triton.TritonUnavailable` when Triton cannot be reached and
+    :class:`~workers.triton.TritonModelNotFound` when it does not have the model (the whole
+    message is worth sending elsewhere); a request Triton refuses fails alone.
     """
     started = time.perf_counter()
     requests = message["requests"]
@@ -139,8 +147,8 @@ def _single(
             version=message["triton_version"],
             request_id=request["id"] or request["task_id"],
         )
-    except TritonUnavailable:
-        raise
+    except (TritonUnavailable, TritonModelNotFound):
+        raise  # about this GPU, not this request: the whole message goes elsewhere or waits
     except TritonError as exc:
         return {"code": exc.code, "message": str(exc)}
     return _answer(message, index, outputs, gpu, 1)

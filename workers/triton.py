@@ -59,42 +59,43 @@ def _translate(exc: BaseException, url: str) -> TritonError:
 class TritonEndpoint:
     """One Triton server (one GPU's). Thread-safe: each thread gets its own HTTP client."""
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, timeout: float = 10.0, load_timeout: float = 600.0) -> None:
         parts = urlsplit(url if "://" in url else f"http://{url}")
         self.url = url
         self._address = parts.netloc
         self._ssl = parts.scheme == "https"
-        self.timeout = timeout
+        self.timeout = timeout  # inference and health calls
+        self.load_timeout = load_timeout  # loading and unloading models, which can take minutes
         self._local = threading.local()
 
-    def _client(self) -> Any:
-        client = getattr(self._local, "client", None)
+    def _client(self, slow: bool = False) -> Any:
+        attr = "slow_client" if slow else "client"
+        client = getattr(self._local, attr, None)
         if client is None:
             import tritonclient.http as httpclient
 
+            timeout = self.load_timeout if slow else self.timeout
             client = httpclient.InferenceServerClient(
-                self._address,
-                ssl=self._ssl,
-                connection_timeout=self.timeout,
-                network_timeout=self.timeout,
+                self._address, ssl=self._ssl, connection_timeout=min(timeout, 10.0), network_timeout=timeout
             )
-            self._local.client = client
+            setattr(self._local, attr, client)
         return client
 
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, method: str, *args: Any, slow: bool = False, **kwargs: Any) -> Any:
         try:
-            return getattr(self._client(), method)(*args, **kwargs)
+            return getattr(self._client(slow), method)(*args, **kwargs)
         except Exception as exc:
             # A broken connection leaves the client unusable; start afresh next time.
             self.close()
             raise _translate(exc, self.url) from exc
 
     def close(self) -> None:
-        client = getattr(self._local, "client", None)
-        self._local.client = None
-        if client is not None:
-            with contextlib.suppress(Exception):  # closing a dead connection may fail too
-                client.close()
+        for attr in ("client", "slow_client"):
+            client = getattr(self._local, attr, None)
+            setattr(self._local, attr, None)
+            if client is not None:
+                with contextlib.suppress(Exception):  # closing a dead connection may fail too
+                    client.close()
 
     def is_live(self) -> bool:
         """Triton's liveness (``/v2/health/live``): the server answers and can serve its ready models.
@@ -109,10 +110,10 @@ class TritonEndpoint:
 
     def load_model(self, name: str) -> None:
         """Load (or reload) ``name`` from Triton's repository (explicit model control)."""
-        self._call("load_model", name)
+        self._call("load_model", name, slow=True)
 
     def unload_model(self, name: str) -> None:
-        self._call("unload_model", name)
+        self._call("unload_model", name, slow=True)
 
     def infer_arrays(
         self,

@@ -202,3 +202,25 @@ def test_concurrent_requests_merged_into_one_message_each_get_their_own_answer(
         if merged:
             break
     assert merged, "16 concurrent requests never shared a message in 5 rounds"
+
+
+def test_a_sync_task_past_its_deadline_is_not_run_and_fails_visibly(stack: Stack) -> None:
+    """A message that reaches a worker after INFERQ_SYNC_DEADLINE is dropped, and its request
+    ends as failed (``expired``) instead of staying queued."""
+    import dataclasses
+    from datetime import UTC, datetime, timedelta
+
+    from tasks import create_celery_app, pipeline
+
+    model = pipeline.resolve_model(stack.services, "digits", "1")
+    rows, _ = digits_rows(0, 1)
+    pending = pipeline.prepare(pipeline.check_request(model, infer_body(rows)), "acme", False, 1 << 20)
+    with stack.services.redis.pipeline(transaction=False) as pipe:
+        stack.services.tasks.add_open(pipe, pending.task_id, "acme", "digits", "1")
+        pipe.execute()
+    app = create_celery_app(dataclasses.replace(stack.settings))
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    message = pipeline.infer_message(model, None, [pending])
+    pipeline.publish(app, "inferq.infer", [message], "gpu.0", pending.task_id, "(expired)", past)
+    task = poll_task(stack, f"/v1/tasks/{pending.task_id}")
+    assert task["status"] == "failed" and task["error"]["code"] == "expired", task

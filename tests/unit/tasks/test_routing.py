@@ -59,3 +59,24 @@ def test_breaker_opens_at_the_threshold_for_the_cooldown() -> None:
     assert open_for(client.values["open_until"], now=1010.0) == pytest.approx(20.0)
     assert open_for(client.values["open_until"], now=1031.0) == 0.0  # half-open: traffic flows again
     assert open_for(None) == 0.0
+
+
+def test_a_half_open_breaker_lets_exactly_one_trial_through() -> None:
+    loads = {0: GpuLoad(0, half_open=True), 1: GpuLoad(5)}
+    claimed: list[int] = []
+
+    def claim(gpu: int) -> bool:
+        claimed.append(gpu)
+        return len(claimed) == 1  # the first caller gets the trial, later ones do not
+
+    assert choose_gpu([0, 1], loads, claim_trial=claim) == 0, "the trial goes to the half-open GPU"
+    assert choose_gpu([0, 1], loads, claim_trial=claim) == 1, "the rest avoid it until it closes"
+    with pytest.raises(NoRoute):
+        choose_gpu([0], {0: GpuLoad(0, half_open=True)}, claim_trial=lambda gpu: False)
+
+
+def test_a_gpu_that_lost_the_model_gets_nothing() -> None:
+    assert choose_gpu([0, 1], {0: GpuLoad(0, missing=True), 1: GpuLoad(9)}) == 1
+    with pytest.raises(NoRoute) as error:
+        choose_gpu([0], {0: GpuLoad(0, missing=True)})
+    assert "reloaded" in str(error.value) and error.value.retry_after

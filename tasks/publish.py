@@ -1,0 +1,50 @@
+"""Publishing a task: a broker that will not take it is a 503, and nobody subscribes to a result."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from tasks.errors import unavailable
+
+# Publishing gives up fast: a request must not hang on a broker that is down.
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+
+def publish(
+    app: Celery,
+    name: str,
+    args: list[Any],
+    queue: str,
+    task_id: str | None = None,
+    argsrepr: str | None = None,
+    expires: datetime | None = None,
+    retries: int = 0,
+) -> None:
+    """Queue a task by name on ``queue``; a broker that cannot take it is a 503 ``broker-unavailable``.
+
+    ``argsrepr`` is what Flower and the logs show of the arguments (never tensors);
+    ``expires``: a worker that receives the task later discards it (a sync request's
+    deadline); ``retries``: attempts already made (a task routed again carries its count). Nobody
+    waits on a result through Celery (the outcome of an inference is kept by
+    ``tasks.bookkeeping``, the rest by the database), so the publisher does not subscribe
+    to one (with the Redis result backend that is two more commands per task).
+    """
+    try:
+        app.send_task(
+            name,
+            args=args,
+            task_id=task_id,
+            queue=queue,
+            retry=True,
+            retry_policy=PUBLISH_RETRY,
+            argsrepr=argsrepr,
+            ignore_result=True,
+            expires=expires,
+            retries=retries,
+        )
+    except OperationalError as exc:
+        raise unavailable("broker", f"the task could not be queued: {exc}") from None

@@ -15,7 +15,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry.db import utcnow
-from registry.models import Deployment, Model, get_model_version, set_deployment, settle_status
+from registry.models import (
+    LOADING,
+    SERVING,
+    Deployment,
+    Model,
+    get_model_version,
+    set_deployment,
+    settle_status,
+)
 from registry.triton_repository import describe_model_dir, model_dirs
 
 
@@ -34,9 +42,14 @@ def register_repository(session: Session, repository: Path) -> list[Model]:
 
 
 def start_deploy(session: Session, model: Model, gpus: Sequence[int]) -> None:
-    """Mark ``model`` as loading on ``gpus`` (its other deployments stay as they are)."""
+    """Mark ``model`` as loading on ``gpus`` (its other deployments stay as they are).
+
+    A GPU where the model is ready already is marked ``reloading``: it keeps serving (Triton
+    serves the loaded copy while it loads the new one), so a redeploy under traffic fails nothing.
+    """
+    ready = {d.gpu for d in model.deployments if d.status in SERVING}
     for gpu in gpus:
-        set_deployment(session, model, gpu, "loading")
+        set_deployment(session, model, gpu, "reloading" if gpu in ready else "loading")
     settle_status(model)
     session.flush()
 
@@ -49,7 +62,7 @@ def expire_stale_deploys(session: Session, older_than: timedelta, now: datetime 
     """
     cutoff = (now or utcnow()) - older_than
     stale = session.scalars(
-        select(Deployment).where(Deployment.status == "loading", Deployment.updated_at < cutoff)
+        select(Deployment).where(Deployment.status.in_(LOADING), Deployment.updated_at < cutoff)
     ).all()
     models = []
     for deployment in stale:

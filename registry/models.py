@@ -117,9 +117,15 @@ class Deployment(Base):
         }
 
 
+# Deployment statuses: a GPU that serves the model (``reloading``: ready, and a redeploy is loading
+# the new copy), and one whose load is under way.
+SERVING = ("ready", "reloading")
+LOADING = ("loading", "reloading")
+
+
 def ready_gpus(model: Mapping[str, Any]) -> list[int]:
-    """GPUs where a model (as ``Model.as_dict()``) is loaded and ready."""
-    return [d["gpu"] for d in model["deployments"] if d["status"] == "ready"]
+    """GPUs where a model (as ``Model.as_dict()``) is loaded and serves."""
+    return [d["gpu"] for d in model["deployments"] if d["status"] in SERVING]
 
 
 def version_key(version: str) -> tuple[int, int, str]:
@@ -329,9 +335,11 @@ def set_deployment(session: Session, model: Model, gpu: int, status: str, messag
 
 
 def settle_status(model: Model) -> None:
-    """Derive the model's status from its deployments."""
+    """Derive the model's status from its deployments: ready while any GPU serves it."""
     statuses = {d.status for d in model.deployments}
-    if "loading" in statuses:
+    if statuses & set(SERVING):
+        model.status, model.status_message = "ready", ""
+    elif "loading" in statuses:
         model.status, model.status_message = "deploying", ""
     elif "ready" in statuses:
         model.status, model.status_message = "ready", ""

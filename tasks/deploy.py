@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry.deploy import start_deploy
-from registry.models import Deployment, Model, get_model, set_deployment, settle_status
+from registry.models import LOADING, Deployment, Model, get_model, set_deployment, settle_status
 from tasks.runtime import services_for
 from workers.triton import TritonEndpoint, TritonError
 
@@ -21,7 +21,7 @@ TritonFor = Callable[[int], TritonEndpoint]
 
 def load_deployments(session: Session, model: Model, triton: TritonFor) -> Model:
     """Load ``model`` on every GPU where it is ``loading``, then settle its status."""
-    for deployment in [d for d in model.deployments if d.status == "loading"]:
+    for deployment in [d for d in model.deployments if d.status in LOADING]:
         endpoint = triton(deployment.gpu)
         try:
             endpoint.load_model(model.triton_name)

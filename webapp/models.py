@@ -12,6 +12,7 @@ from registry import stats
 from registry.catalog import model_by_id, model_by_version, model_page
 from registry.deploy import remove_deployments, start_deploy
 from registry.models import (
+    LOADING,
     MAX_LIMIT,
     MODEL_STATUSES,
     Model,
@@ -212,7 +213,7 @@ def deploy(model_id: str) -> Any:
         raise ApiError(
             409, "model-retired", "Model is retired", "set its status to 'registered' to deploy it"
         )
-    if model.status == "deploying":
+    if any(deployment.status in LOADING for deployment in model.deployments):
         raise ApiError(409, "deploy-in-progress", "Deploy in progress", "wait until the current deploy ends")
     start_deploy(db_session(), model, gpus)
     commit_and_invalidate()

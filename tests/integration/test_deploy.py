@@ -192,3 +192,45 @@ def test_canary_weights_split_unversioned_traffic(stack: Stack) -> None:
         stack.client().post(
             f"/v1/models/{model_id}/undeploy", json={"gpus": [0, 1]}, headers=stack.auth(stack.admin_key)
         )
+
+
+def test_a_redeploy_under_traffic_fails_no_request(stack: Stack) -> None:
+    """Redeploying a ready model keeps it serving on its ready GPUs (``reloading``) while Triton
+    loads it again: no request sees 409 or any other error."""
+    import threading
+
+    model = register(stack, "iris")
+    assert deploy(stack, model["id"], [0, 1])["status"] == "ready"
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            statuses.append(infer(stack, model["name"], IRIS_ROW).status_code)
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        response = stack.client().post(
+            f"/v1/models/{model['id']}/deploy", json={"gpus": [0, 1]}, headers=stack.auth(stack.admin_key)
+        )
+        assert response.status_code == 202
+        assert response.get_json()["status"] == "ready", "it keeps serving during the redeploy"
+        assert {d["status"] for d in response.get_json()["deployments"]} == {"reloading"}
+        again = stack.client().post(
+            f"/v1/models/{model['id']}/deploy", json={"gpus": [0]}, headers=stack.auth(stack.admin_key)
+        )
+        assert again.status_code == 409, "one deploy at a time"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            current = stack.client().get(f"/v1/models/{model['id']}", headers=stack.auth()).get_json()
+            if {d["status"] for d in current["deployments"]} == {"ready"}:
+                break
+            time.sleep(0.1)
+        assert {d["status"] for d in current["deployments"]} == {"ready"}
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert statuses and set(statuses) == {200}, sorted(set(statuses))

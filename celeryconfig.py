@@ -93,6 +93,12 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.stats_flush_interval,
                 "options": {"queue": CONTROL_QUEUE, "expires": settings.stats_flush_interval * 2},
             },
+            # The registry kept true to what each Triton has loaded (tasks/maintenance.py).
+            "reconcile-tritons": {
+                "task": "inferq.maintenance.reconcile",
+                "schedule": settings.reconcile_interval,
+                "options": {"queue": CONTROL_QUEUE, "expires": settings.reconcile_interval * 2},
+            },
             "expire-deploys": {
                 "task": "inferq.maintenance.expire_deploys",
                 "schedule": 60.0,

@@ -96,6 +96,7 @@ class Settings:
     cache_ttl: int = 900
     cache_timeout: float = 0.25
     stats_flush_interval: float = 10.0
+    reconcile_interval: float = 30.0  # seconds between checks that each Triton has what the registry says
     deploy_timeout: int = (
         900  # a deploy still loading after this is failed (longer than the load task's limit)
     )

@@ -1,17 +1,24 @@
-"""Periodic upkeep on the control queue (scheduled by celery beat): statistics flush, stale deploys."""
+"""Periodic upkeep on the control queue (scheduled by celery beat): statistics flush, stale deploys,
+and the reconciler that keeps the registry true to what each Triton has loaded."""
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from celery import Task, shared_task
+from sqlalchemy import select
 
 from registry import stats
 from registry.deploy import expire_stale_deploys
-from tasks.runtime import services_for
+from registry.models import SERVING, Deployment, Model
+from tasks.runtime import Services, services_for
+from workers.triton import TritonError
 
 FLUSH_STATS_TASK = "inferq.maintenance.flush_stats"
 EXPIRE_DEPLOYS_TASK = "inferq.maintenance.expire_deploys"
+RECONCILE_TASK = "inferq.maintenance.reconcile"
+log = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, name=FLUSH_STATS_TASK, acks_late=True, max_retries=0, time_limit=120, expires=60)
@@ -31,3 +38,53 @@ def expire_deploys(self: Task) -> list[str]:
     if ids:
         services.cache.invalidate()
     return ids
+
+
+def reconcile(services: Services) -> list[str]:
+    """Compare each GPU's Triton with the deployments the registry says serve there; reload what
+    Triton lost (a restart, an unload by hand). Returns what it did, one line each.
+
+    While a model is missing on a GPU the router sends it nothing there (``workers.gpu_state``);
+    once reloaded it is routed to again. A Triton that cannot be reached is left to its breaker.
+    """
+    with services.db.session() as session:
+        rows = session.execute(
+            select(Deployment.gpu, Model.id, Model.triton_name)
+            .join(Model)
+            .where(Deployment.status.in_(SERVING))
+        ).all()
+    wanted: dict[int, dict[str, str]] = {}
+    for gpu, model_id, triton_name in rows:
+        if gpu in services.settings.gpus:
+            wanted.setdefault(gpu, {})[model_id] = triton_name
+    actions = []
+    for gpu, models in sorted(wanted.items()):
+        endpoint = services.triton(gpu)
+        try:
+            loaded = endpoint.loaded_models()
+        except TritonError as exc:
+            log.info("reconcile: gpu %s: Triton not answering (%s); its breaker decides", gpu, exc)
+            continue
+        for model_id, triton_name in sorted(models.items(), key=lambda item: item[1]):
+            if triton_name in loaded:
+                continue
+            services.gpus.mark_missing(model_id, gpu)
+            try:
+                endpoint.load_model(triton_name)
+            except TritonError as exc:
+                actions.append(f"gpu {gpu}: {triton_name} missing, reload failed: {exc}")
+                continue
+            loaded.add(triton_name)
+            for other_id, other_name in models.items():
+                if other_name == triton_name:
+                    services.gpus.clear_missing(other_id, gpu)
+            actions.append(f"gpu {gpu}: {triton_name} was missing, reloaded")
+    for action in actions:
+        log.warning("reconcile: %s", action)
+    return actions
+
+
+@shared_task(bind=True, name=RECONCILE_TASK, acks_late=False, max_retries=0, time_limit=600, expires=60)
+def reconcile_tritons(self: Task) -> list[str]:
+    """Reload on each Triton the models the registry says it serves and it does not have."""
+    return reconcile(services_for(self.app))

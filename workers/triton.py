@@ -108,6 +108,11 @@ class TritonEndpoint:
     def model_ready(self, name: str, version: str = "") -> bool:
         return bool(self._call("is_model_ready", name, version))
 
+    def loaded_models(self) -> set[str]:
+        """Names of the models Triton has loaded and ready (its repository index)."""
+        index = self._call("get_model_repository_index")
+        return {str(entry["name"]) for entry in index or [] if entry.get("state") == "READY"}
+
     def load_model(self, name: str) -> None:
         """Load (or reload) ``name`` from Triton's repository (explicit model control)."""
         self._call("load_model", name, slow=True)

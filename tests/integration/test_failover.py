@@ -32,6 +32,7 @@ class Pair:
     app: Any
     model: str
     triton: TritonServer  # GPU 8's own
+    settings: Any
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def pair(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pai
                 set_deployment(session, row, gpu, "ready")
             settle_status(row)
         stack.services.cache.invalidate()
-        yield Pair(app, name, own)
+        yield Pair(app, name, own, settings)
     finally:
         own.process.signal(signal.SIGCONT)
         for worker in workers:
@@ -127,3 +128,21 @@ def pair_model_id(stack: Stack, pair: Pair) -> str:
         model = get_model_version(session, pair.model, "1")
         assert model is not None
         return model.id
+
+
+def test_the_reconciler_reloads_what_a_triton_lost_and_routing_comes_back(pair: Pair, stack: Stack) -> None:
+    from tasks.maintenance import reconcile
+    from tasks.runtime import Services
+
+    TritonEndpoint(pair.triton.url).unload_model("digits")  # as after a Triton restart
+    assert send(pair, stack, 2)[0][0] == 200  # served elsewhere; GPU 8 is marked missing
+    services = Services(pair.settings)
+    try:
+        actions = reconcile(services)
+        assert any(a.startswith("gpu 8: digits was missing, reloaded") for a in actions), actions
+        assert "digits" in TritonEndpoint(pair.triton.url).loaded_models()
+        assert reconcile(services) == [], "nothing left to do"
+        model_id = pair_model_id(stack, pair)
+        assert not services.gpus.loads([8], model_id)[8].missing, "routed to again"
+    finally:
+        services.close()

@@ -18,7 +18,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     """Build the API for ``settings`` (the environment by default). Connects to nothing yet."""
     from registry.apikeys import KeyCache
     from tasks import create_celery_app
-    from webapp import batches, docs, files, health, infer, metrics, models, task_status
+    from webapp import batches, docs, files, health, infer, metrics, models, task_status, v2
     from webapp.auth import authenticate_request
     from webapp.errors import register_error_handlers
     from webapp.ratelimit import KeyRateLimiter
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     v1.register_blueprint(files.bp)
     v1.register_blueprint(batches.bp)
     app.register_blueprint(v1)
+    app.register_blueprint(v2.bp)
     return app
 
 

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from kombu import Exchange, Queue
 
 from inferq.settings import CONTROL_QUEUE, Settings, gpu_queue
+from tasks.broker import EXCHANGE
 
 # Tasks that never touch a GPU run on the control queue.
 CONTROL_TASKS = (
@@ -39,7 +40,7 @@ def batch_time_limits(settings: Settings) -> dict[str, dict[str, int]]:
 
 def celery_settings(settings: Settings) -> dict[str, Any]:
     """The Celery configuration for ``settings``."""
-    exchange = Exchange("inferq", type="direct")
+    exchange = Exchange(EXCHANGE, type="direct")
     queues = [Queue(gpu_queue(gpu), exchange, routing_key=gpu_queue(gpu)) for gpu in settings.gpus]
     queues.append(Queue(CONTROL_QUEUE, exchange, routing_key=CONTROL_QUEUE))
     redis_broker = urlsplit(settings.broker_url).scheme in ("redis", "rediss")
@@ -61,7 +62,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": {"socket_timeout": 5, "socket_connect_timeout": 5},
         "task_queues": queues,
         "task_default_queue": CONTROL_QUEUE,
-        "task_default_exchange": "inferq",
+        "task_default_exchange": EXCHANGE,
         "task_default_routing_key": CONTROL_QUEUE,
         # inferq.infer has no static route: the router picks a gpu.N queue per request.
         "task_routes": {pattern: {"queue": CONTROL_QUEUE} for pattern in CONTROL_TASKS},

@@ -31,3 +31,14 @@ REGISTRY_CACHE = Counter(
     ["result"],
     registry=REGISTRY,
 )
+RATE_LIMITER_OPEN = Counter(
+    "inferq_rate_limiter_open_total",
+    "Requests let through without a rate-limit check because the limiter's Redis failed"
+    " (for at most INFERQ_RATE_LIMIT_FAIL_OPEN seconds after each failure)",
+    registry=REGISTRY,
+)
+RATE_LIMITER_FAILURES = Counter(
+    "inferq_rate_limiter_failures_total",
+    "Rate-limit checks that failed because Redis did not answer in time",
+    registry=REGISTRY,
+)

@@ -193,7 +193,7 @@ class Settings:
 
 SECRET_WORDS = ("SECRET", "PASSWORD", "TOKEN", "API_KEY")
 # scheme://user:password@host -> scheme://user:***@host; ?password=... -> ?password=***
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):[^@\s]*@")
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):[^\s,/]*@")
 _QUERY_SECRET = re.compile(r"(?P<head>[?&](?:password|passwd|secret|token|sslpassword)=)[^&\s,]*", re.I)
 
 

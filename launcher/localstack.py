@@ -32,6 +32,22 @@ class StartupError(RuntimeError):
     """A component did not start or did not become ready in time."""
 
 
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only its owner can enter (created 0700, or tightened to it)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """``path`` as a file only its owner can read (created empty with mode 0600, or tightened)."""
+    if not path.parent.exists():
+        private_dir(path.parent)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    path.chmod(0o600)
+    return path
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
@@ -84,7 +100,9 @@ class ManagedProcess:
         stdout = None
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            stdout = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+            # Logs can hold task arguments and errors: the owner's only (0600 from creation).
+            fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            stdout = os.fdopen(fd, "ab")
         self.popen = subprocess.Popen(
             list(self.argv),
             env=dict(self.env) if self.env is not None else None,
@@ -106,6 +124,10 @@ class ManagedProcess:
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
+
+    def exit_code(self) -> int | None:
+        """How the process ended (negative: the signal that killed it); None while it runs."""
+        return None if self.popen is None else self.popen.poll()
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to the whole process group."""
@@ -161,7 +183,7 @@ def redis_process(
     binary = shutil.which("redis-server")
     if binary is None:
         raise StartupError("redis-server is not installed (the README's run command installs it)")
-    workdir.mkdir(parents=True, exist_ok=True)
+    private_dir(workdir)
     argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
     argv += ["--appendonly", "yes", "--appendfsync", "everysec"] if persistent else ["--appendonly", "no"]
     argv += ["--dir", str(workdir)]
@@ -183,21 +205,29 @@ def rclone_binary() -> str:
 def s3_process(
     port: int, root: Path, access_key: str, secret_key: str, log_path: Path | None = None
 ) -> ManagedProcess:
-    """A real S3 server (``rclone serve s3``) on 127.0.0.1:``port`` over folder ``root``."""
-    root.mkdir(parents=True, exist_ok=True)
+    """A real S3 server (``rclone serve s3``) on 127.0.0.1:``port`` over folder ``root``.
+
+    The credentials go in ``RCLONE_AUTH_KEY`` (rclone reads every flag from ``RCLONE_<FLAG>``),
+    not on the command line, where ``ps`` would show them to every user.
+    """
+    private_dir(root)
     argv = [
         rclone_binary(),
         "serve",
         "s3",
         "--addr",
         f"127.0.0.1:{port}",
-        "--auth-key",
-        f"{access_key},{secret_key}",
         "--vfs-cache-mode",
         "off",
         str(root),
     ]
-    return ManagedProcess("s3", argv, log_path=log_path)
+    env = {**os.environ, "RCLONE_AUTH_KEY": rclone_auth_key(access_key, secret_key)}
+    return ManagedProcess("s3", argv, env=env, log_path=log_path)
+
+
+def rclone_auth_key(access_key: str, secret_key: str) -> str:
+    """``--auth-key ACCESS,SECRET`` as ``RCLONE_AUTH_KEY`` wants it: one CSV-quoted pair."""
+    return '"' + f"{access_key},{secret_key}".replace('"', '""') + '"'
 
 
 # --- Triton ------------------------------------------------------------------------
@@ -299,7 +329,7 @@ def triton_process(
     ``gpu`` sets ``CUDA_VISIBLE_DEVICES`` for the process, as production pins one
     Triton per GPU. ``load_models`` are loaded at start; others wait for a deploy.
     """
-    workdir.mkdir(parents=True, exist_ok=True)
+    private_dir(workdir)
     repo = workdir / "repository"
     build_local_repository(model_repository, repo)
     backends = build_backend_directory(workdir / "backends")

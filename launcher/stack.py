@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -18,13 +19,15 @@ from typing import Any
 
 import requests
 
-from inferq.settings import CONTROL_QUEUE, Settings, gpu_queue
+from inferq.settings import CONTROL_QUEUE, Settings, gpu_queue, mask_secrets
 from launcher.localstack import (
     ManagedProcess,
     StartupError,
     TritonPorts,
     is_local,
     port_open,
+    private_dir,
+    private_file,
     redis_process,
     s3_process,
     triton_process,
@@ -101,6 +104,10 @@ def api_argv(settings: Settings) -> list[str]:
         f"{s.api_host}:{s.api_port}",
         "--timeout",
         str(int(s.sync_timeout_max) + 30),
+        # A connection must send a whole request head within this long (gevent: also the
+        # idle keep-alive wait); the app drops bodies that stall (INFERQ_API_READ_TIMEOUT).
+        "--keep-alive",
+        str(s.api_keep_alive),
         "--graceful-timeout",
         "10",
         "--access-logfile",
@@ -143,10 +150,16 @@ class Stack:
         self.say(f"redis      started on {host}:{port}")
 
     def ensure_database(self) -> None:
+        from sqlalchemy.engine import make_url
+
         from registry.db import upgrade
 
+        url = make_url(self.settings.database_url)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            # Created here with its final mode, before SQLite creates it world-readable.
+            private_file(Path(str(url.database)))
         upgrade(self.settings.database_url)
-        self.say(f"database   {self.settings.database_url.split('@')[-1]} (migrated)")
+        self.say(f"database   {mask_secrets(self.settings.database_url)} (migrated)")
 
     def ensure_s3(self, services: Services) -> None:
         host, port = url_host_port(self.settings.s3_endpoint, 9000)
@@ -252,18 +265,19 @@ class Stack:
         path = self.data_dir / "dev-api-key"
         with services.db.session() as session:
             if path.exists() and key_is_valid(session, path.read_text().strip()):
+                path.chmod(0o600)
                 return path.read_text().strip()
             # High enough for benchmarks and load tests on the local stack.
             _, key = create_key(session, DEV_TENANT, admin=True, rate_limit=DEV_RATE_LIMIT)
-        path.write_text(key + "\n")
-        path.chmod(0o600)
+        write_private(path, key + "\n")
         return key
 
     # -- lifecycle ------------------------------------------------------------------
 
     def up(self) -> str:
         """Start everything; return the development API key."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
+        private_dir(self.logs)
         services = Services(self.settings)
         try:
             self.ensure_redis()
@@ -276,15 +290,17 @@ class Stack:
             self.start_api()
             self.start_flower()
             key = self.dev_key(services)
-            self.wait_ready()
+            self.wait_ready(key)
             return key
         finally:
             services.close()
 
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        """Wait until ``/readyz`` says ready (workers take a few seconds); say what is missing if not."""
+    def wait_ready(self, key: str, timeout: float = 90.0) -> None:
+        """Wait until ``/readyz`` says ready (workers take a few seconds); say what is missing if not
+        (the details need the admin ``key``)."""
         s = self.settings
         url = f"http://{s.api_host}:{s.api_port}/readyz"
+        headers = {"Authorization": f"Bearer {key}"}
         deadline = time.monotonic() + timeout
         body: dict[str, Any] = {}
         while time.monotonic() < deadline:
@@ -292,7 +308,7 @@ class Stack:
                 if not process.alive():
                     raise StartupError(f"{process.name} exited during start-up:\n{process.log_tail()}")
             try:
-                response = requests.get(url, timeout=10)
+                response = requests.get(url, headers=headers, timeout=10)
                 if response.status_code == 200:
                     return
                 body = response.json()
@@ -304,16 +320,31 @@ class Stack:
         }
         self.say(f"warning: not ready after {timeout:.0f}s: {failing}")
 
-    def watch(self) -> int:
-        """Wait until a process exits on its own (then stop the rest) or a signal arrives."""
+    def watch(self, poll: float = 0.5) -> int:
+        """Supervise until a signal arrives: a process that exits on its own is started again,
+        after a back-off that doubles while it keeps dying (1 s up to 60 s) and resets once it
+        has stayed up a minute. ``/readyz`` shows what is missing meanwhile; a Triton that comes
+        back empty gets its models again from the reconciler (celery beat)."""
+        supervisors = {process.name: Supervisor() for process in self.processes}
         while True:
             for process in self.processes:
-                if not process.alive():
+                state = supervisors.setdefault(process.name, Supervisor())
+                if process.alive():
+                    state.healthy(now)
+                    continue
+                if state.due is None:
+                    state.due = now + state.backoff
                     self.say(
-                        f"\n{process.name} exited; stopping the stack. Its log ends:\n{process.log_tail(15)}"
+                        f"{process.name} exited (code {process.exit_code()}); restarting it in "
+                        f"{state.backoff:.0f}s (restart {state.restarts + 1}). Its log ends:\n"
+                        f"{process.log_tail(10)}"
                     )
-                    return 1
-            time.sleep(0.5)
+                elif now >= state.due:
+                    process.signal(signal.SIGKILL)  # what it left behind in its group goes too
+                    process.start()
+                    state.restarted(now)
+                    self.say(f"{process.name} restarted (pid {process.pid})")
+            time.sleep(poll)
 
     def down(self) -> None:
         """Stop everything: clients first (API, Flower, workers), then the servers they use."""
@@ -325,6 +356,26 @@ class Stack:
 
 
 def stop_all(processes: list[ManagedProcess], timeout: float = 15.0) -> None:
+@dataclass
+class Supervisor:
+    """Restart bookkeeping of one process: back-off doubling from 1 s to 60 s, reset after a calm minute."""
+
+    backoff: float = 1.0
+    restarts: int = 0
+    due: float | None = None  # when to start it again
+    up_since: float = 0.0
+
+    def restarted(self, now: float) -> None:
+        self.restarts += 1
+        self.due = None
+        self.up_since = now
+        self.backoff = min(60.0, self.backoff * 2)
+
+    def healthy(self, now: float) -> None:
+        if self.restarts and now - self.up_since > 60:
+            self.backoff = 1.0
+
+
     """SIGTERM all at once, then wait for each (SIGKILL after ``timeout``)."""
     for process in processes:
         if process.alive():
@@ -333,8 +384,29 @@ def stop_all(processes: list[ManagedProcess], timeout: float = 15.0) -> None:
         process.stop(timeout)
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only, from the first byte (no window in
+    which another user could open it): a new file created 0600, then renamed over ``path``."""
+    import os
+
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def run_up(settings: Settings) -> int:
     """Run the local stack in the foreground until Ctrl-C (or SIGTERM)."""
+    import os
+
+    # What the stack writes (Redis's append-only file, S3 objects, Triton's work dirs, the
+    # beat schedule, SQLite's journals) is its owner's alone.
+    os.umask(0o077)
     stack = Stack(settings)
 
     def _terminate(signum: int, _frame: FrameType | None) -> None:

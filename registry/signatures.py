@@ -17,6 +17,20 @@ import numpy as np
 from inferq.tensors import DATATYPES, NUMPY_DTYPES
 
 TRITON_TYPE_PREFIX = "TYPE_"
+MAX_TENSORS = 256  # input or output tensors of one model or request
+MAX_NAME = 256  # characters of a tensor name
+MAX_RANK = 32  # dimensions of a shape
+MAX_SHOWN = 64  # characters of a request's value repeated in a problem
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut short: problems name what was sent without echoing all of it."""
+    if isinstance(value, str) and len(value) > MAX_SHOWN:
+        return repr(value[:MAX_SHOWN]) + f"... ({len(value)} characters)"
+    if isinstance(value, (list, dict)) and len(value) > 16:
+        return f"a {type(value).__name__} of {len(value)} items"
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "..."
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,8 @@ def parse_specs(raw: Any, pointer: str) -> tuple[list[TensorSpec], list[Problem]
     specs: list[TensorSpec] = []
     if not isinstance(raw, list) or not raw:
         return [], [Problem(pointer, "must be a non-empty list of {name, datatype, shape}")]
+    if len(raw) > MAX_TENSORS:
+        return [], [Problem(pointer, f"at most {MAX_TENSORS} tensors, not {len(raw)}")]
     seen: set[str] = set()
     for index, item in enumerate(raw):
         where = f"{pointer}/{index}"
@@ -69,24 +85,28 @@ def parse_specs(raw: Any, pointer: str) -> tuple[list[TensorSpec], list[Problem]
         datatype: Any = item.get("datatype")
         shape: Any = item.get("shape")
         ok = True
-        if not isinstance(name, str) or not name:
-            problems.append(Problem(f"{where}/name", "must be a non-empty string"))
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+            problems.append(Problem(f"{where}/name", f"must be a string of 1 to {MAX_NAME} characters"))
             ok = False
         elif name in seen:
-            problems.append(Problem(f"{where}/name", f"duplicate tensor name {name!r}"))
+            problems.append(Problem(f"{where}/name", f"duplicate tensor name {shown(name)}"))
             ok = False
-        if datatype not in DATATYPES:
+        if not isinstance(datatype, str) or datatype not in DATATYPES:
             problems.append(
-                Problem(f"{where}/datatype", f"{datatype!r} is not one of {', '.join(DATATYPES)}")
+                Problem(f"{where}/datatype", f"{shown(datatype)} is not one of {', '.join(DATATYPES)}")
             )
             ok = False
         if (
             not isinstance(shape, list)
             or not shape
+            or len(shape) > MAX_RANK
             or not all(isinstance(d, int) and not isinstance(d, bool) and (d == -1 or d > 0) for d in shape)
         ):
             problems.append(
-                Problem(f"{where}/shape", "must be a non-empty list of positive sizes, -1 for a variable one")
+                Problem(
+                    f"{where}/shape",
+                    f"must be a non-empty list of at most {MAX_RANK} positive sizes, -1 for a variable one",
+                )
             )
             ok = False
         if ok:
@@ -126,6 +146,12 @@ def check_inference_request(
     raw_inputs = body.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         return [], None, [Problem(f"{pointer}/inputs", "must be a non-empty list of input tensors")]
+    if len(raw_inputs) > MAX_TENSORS:
+        return (
+            [],
+            None,
+            [Problem(f"{pointer}/inputs", f"at most {MAX_TENSORS} input tensors, not {len(raw_inputs)}")],
+        )
     by_name = {spec.name: spec for spec in inputs}
     problems: list[Problem] = []
     checked: list[CheckedTensor] = []
@@ -140,7 +166,7 @@ def check_inference_request(
             problems.append(
                 Problem(
                     f"{where}/name",
-                    f"unknown input {name!r}; the model's inputs are: {', '.join(sorted(by_name))}",
+                    f"unknown input {shown(name)}; the model's inputs are: {', '.join(sorted(by_name))}",
                 )
             )
             continue
@@ -170,18 +196,20 @@ def _check_tensor(tensor: Mapping[str, Any], spec: TensorSpec, where: str) -> Ch
         problems.append(
             Problem(
                 f"{where}/datatype",
-                f"input {name!r} has datatype {datatype!r}; the model wants {spec.datatype}",
+                f"input {name!r} has datatype {shown(datatype)}; the model wants {spec.datatype}",
             )
         )
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_RANK
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
         problems.append(Problem(f"{where}/shape", f"input {name!r}: shape must be a list of sizes >= 0"))
     elif not spec.accepts_shape(shape):
         problems.append(
             Problem(
                 f"{where}/shape",
-                f"input {name!r} has shape {shape}; the model wants {list(spec.shape)} (-1: any size)",
+                f"input {name!r} has shape {shown(shape)}; the model wants {list(spec.shape)} (-1: any size)",
             )
         )
     if problems:
@@ -191,7 +219,7 @@ def _check_tensor(tensor: Mapping[str, Any], spec: TensorSpec, where: str) -> Ch
         return [Problem(f"{where}/data", f"input {name!r}: data must be a list")]
     try:
         array = np.asarray(data)
-    except ValueError:
+    except (ValueError, TypeError, OverflowError):
         return [Problem(f"{where}/data", f"input {name!r}: data is a ragged nested list")]
     if array.dtype == object:
         return [
@@ -202,7 +230,7 @@ def _check_tensor(tensor: Mapping[str, Any], spec: TensorSpec, where: str) -> Ch
         return [
             Problem(
                 f"{where}/data",
-                f"input {name!r}: shape {shape} needs {expected} values, data has {array.size}",
+                f"input {name!r}: shape {shown(shape)} needs {expected} values, data has {array.size}",
             )
         ]
     if array.size and array.dtype.kind not in DATATYPES[spec.datatype]:
@@ -230,15 +258,17 @@ def _check_requested_outputs(
         return None, []
     if not isinstance(raw, list):
         return None, [Problem(f"{pointer}/outputs", "must be a list of {name}")]
+    if len(raw) > MAX_TENSORS:
+        return None, [Problem(f"{pointer}/outputs", f"at most {MAX_TENSORS} outputs, not {len(raw)}")]
     known = {spec.name for spec in outputs}
     names, problems = [], []
     for index, item in enumerate(raw):
         name = item.get("name") if isinstance(item, dict) else None
-        if name not in known:
+        if not isinstance(name, str) or name not in known:
             problems.append(
                 Problem(
                     f"{pointer}/outputs/{index}/name",
-                    f"unknown output {name!r}; the model's outputs are: {', '.join(sorted(known))}",
+                    f"unknown output {shown(name)}; the model's outputs are: {', '.join(sorted(known))}",
                 )
             )
         else:

@@ -8,7 +8,15 @@ import logging
 from typing import Any
 
 from celery import Task, states
-from celery.signals import task_postrun, task_prerun, task_revoked, worker_init, worker_process_init
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    task_revoked,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+)
 
 from inferq.services import RedisError
 from inferq.tracing import setup_tracing
@@ -16,6 +24,7 @@ from tasks.bookkeeping import Outcome, TaskError, describe_error
 from tasks.infer import INFER_TASK, add_attempt, settle_breaker
 from tasks.runtime import services_for
 from workers.inference import InferRequest
+from workers.liveness import start_announcing, stop_announcing
 
 log = logging.getLogger(__name__)
 
@@ -127,3 +136,17 @@ def _revoked(sender: Any = None, request: Any = None, expired: bool = False, **_
             pipe.execute()
     except RedisError as exc:
         log.warning("task %s: expiry not recorded: %s", getattr(request, "id", "?"), exc)
+
+
+@worker_ready.connect
+def _announce_alive(sender: Any = None, **_: Any) -> None:
+    # /readyz learns which workers are alive from Redis (workers.liveness), not by a broadcast.
+    if sender is None:
+        return
+    queues = sorted(sender.app.amqp.queues.consume_from)
+    start_announcing(services_for(sender.app).redis, sender.hostname, queues)
+
+
+@worker_shutdown.connect
+def _withdraw(sender: Any = None, **_: Any) -> None:
+    stop_announcing()

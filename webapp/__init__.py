@@ -31,13 +31,21 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.extensions["celery"] = create_celery_app(settings)
     app.extensions["inferq.keys"] = KeyCache(settings.key_cache_ttl)
     app.extensions["inferq.ratelimit"] = KeyRateLimiter(
-        settings.redis_url, settings.rate_limit, settings.cache_timeout
+        settings.redis_url, settings.rate_limit, settings.cache_timeout, settings.rate_limit_fail_open
     )
 
     @app.before_request
     def _request_id() -> None:
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+    @app.before_request
+    def _bound_reads() -> None:
+        # gunicorn's gevent worker bounds only the wait for a request's head (--keep-alive);
+        # a socket timeout drops a client that stops sending its body (or reading the answer).
+        sock = request.environ.get("gunicorn.socket")
+        if sock is not None:
+            sock.settimeout(settings.api_read_timeout)
 
     @app.after_request
     def _echo_request_id(response: Any) -> Any:
@@ -85,23 +93,14 @@ def send_task(name: str, args: list[Any], queue: str, task_id: str | None = None
     publish(celery_app(), name, args, queue, task_id)
 
 
-def parse_json_body() -> Any:
-    """The request body as JSON, or a 400 that says why it is not."""
-    import json
+def parse_json_body(optional: bool = False) -> Any:
+    """The request body as JSON, or a problem that says why it is not: 415 (not JSON), 413 (over
+    ``INFERQ_MAX_REQUEST_BYTES``, with or without Content-Length), 408 (too slow), 400 (empty,
+    nested too deeply, malformed). ``optional``: no body at all gives None."""
+    from webapp.bodies import parse_json
 
-    from webapp.errors import ApiError
-
-    raw = request.get_data(cache=False)
-    if not raw:
-        raise ApiError(
-            400, "malformed-json", "Malformed JSON", "the request body is empty; send a JSON object"
-        )
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(
-            400, "malformed-json", "Malformed JSON", f"the request body is not valid JSON: {exc}"
-        ) from None
+    settings = services().settings
+    return parse_json(request, settings.max_request_bytes, settings.api_read_timeout, optional)
 
 
 def db_session() -> Any:

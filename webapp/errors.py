@@ -15,6 +15,11 @@ from tasks.pipeline import PipelineError
 
 log = logging.getLogger(__name__)
 PROBLEM_TYPE = "urn:inferq:problem:{}"
+# A problem document stays small whatever the request: the first MAX_ERRORS field problems
+# (and ``errors_omitted``: how many more), each pointer and detail clipped.
+MAX_ERRORS = 20
+MAX_POINTER = 256
+MAX_DETAIL = 1024
 
 
 class ApiError(Exception):
@@ -53,15 +58,25 @@ def validation_error(problems: list[Problem], title: str = "The request is not v
     return ApiError(400, "invalid-request", title, detail, errors=problems)
 
 
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (an ellipsis says it was cut)."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
 def problem_response(error: ApiError) -> Response:
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE.format(error.kind),
         "title": error.title,
         "status": error.status,
-        "detail": error.detail,
+        "detail": clip(error.detail, MAX_DETAIL),
     }
     if error.errors:
-        body["errors"] = [p.as_dict() for p in error.errors]
+        body["errors"] = [
+            {"pointer": clip(p.pointer, MAX_POINTER), "detail": clip(p.detail, MAX_DETAIL)}
+            for p in error.errors[:MAX_ERRORS]
+        ]
+        if len(error.errors) > MAX_ERRORS:
+            body["errors_omitted"] = len(error.errors) - MAX_ERRORS
     request_id = getattr(g, "request_id", None)
     if request_id:
         body["request_id"] = request_id

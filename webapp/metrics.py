@@ -10,6 +10,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferq.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY
 
+# Label values come from fixed sets, so that no request can add a series: any other method is
+# "other", any path no route matches is "unmatched".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
+
 
 def init_app(app: Flask) -> None:
     """Time every request and serve ``GET /metrics``."""
@@ -22,10 +30,11 @@ def init_app(app: Flask) -> None:
     def _observe(response: Any) -> Any:
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
         if endpoint != "/metrics":
-            HTTP_REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
+            method = method_label(request.method)
+            HTTP_REQUESTS.labels(method, endpoint, str(response.status_code)).inc()
             started = g.get("started")
             if started is not None:
-                HTTP_LATENCY.labels(request.method, endpoint).observe(time.perf_counter() - started)
+                HTTP_LATENCY.labels(method, endpoint).observe(time.perf_counter() - started)
         return response
 
     @app.get("/metrics")

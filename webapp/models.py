@@ -59,6 +59,10 @@ def commit_and_invalidate() -> None:
     services().cache.invalidate()
 
 
+MAX_QUERY_TEXT = 256  # characters of a text filter
+MAX_LABEL_FILTERS = 16
+
+
 def parse_filter() -> ModelFilter:
     args = request.args
     problems = []
@@ -67,10 +71,17 @@ def parse_filter() -> ModelFilter:
         raw = args.get(name)
         if raw is None:
             return default
-        if not raw.isdigit() or not low <= int(raw) <= high:
+        # ASCII digits only: '²' passes str.isdigit() but not int().
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 12) or not low <= int(raw) <= high:
             problems.append(Problem(f"?{name}", f"must be an integer from {low} to {high}"))
             return default
         return int(raw)
+
+    for name in ("name", "status", "framework", "label"):
+        if any(len(value) > MAX_QUERY_TEXT for value in args.getlist(name)):
+            problems.append(Problem(f"?{name}", f"must be at most {MAX_QUERY_TEXT} characters"))
+    if len(args.getlist("label")) > MAX_LABEL_FILTERS:
+        problems.append(Problem("?label", f"at most {MAX_LABEL_FILTERS} label filters"))
 
     limit = integer("limit", 20, 1, MAX_LIMIT)
     offset = integer("offset", 0, 0, 10**9)
@@ -235,7 +246,7 @@ def deploy(model_id: str) -> Any:
 @admin_required
 def undeploy(model_id: str) -> Any:
     """Stop routing to the model on ``gpus`` (all by default), then unload it from their Tritons."""
-    gpus = parse_gpus(parse_json_body() if request.get_data() else None, required=False)
+    gpus = parse_gpus(parse_json_body(optional=True), required=False)
     model = load_for_write(model_id)
     session = db_session()
     remove_deployments(session, model, gpus)

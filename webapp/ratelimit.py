@@ -2,8 +2,10 @@
 
 The limit is the key's own (``inferq keys create --rate-limit``) or
 ``INFERQ_RATE_LIMIT`` (100/minute). Over it: 429 problem+json with ``Retry-After``.
-When Redis cannot answer, requests are let through (and the limiter is skipped for
-a few seconds): a rate limit must not turn a cache outage into an API outage.
+When Redis cannot answer, requests are let through: a rate limit must not turn a cache
+outage into an API outage. So that a stalled Redis does not cost every request a timeout,
+the limiter is then skipped, for ``INFERQ_RATE_LIMIT_FAIL_OPEN`` seconds (1) at most; each
+request let through unchecked counts in ``inferq_rate_limiter_open_total``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from limits import RateLimitItem, parse_many
 from limits.storage import storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
+from inferq.metrics import RATE_LIMITER_FAILURES, RATE_LIMITER_OPEN
 from registry.apikeys import Principal
 from webapp.errors import ApiError
 
@@ -33,9 +36,9 @@ def parse_rates(text: str) -> tuple[RateLimitItem, ...]:
 class KeyRateLimiter:
     """Checks and counts one request of an API key against its limits."""
 
-    def __init__(self, redis_url: str, default: str, timeout: float, backoff: float = 5.0) -> None:
+    def __init__(self, redis_url: str, default: str, timeout: float, backoff: float = 1.0) -> None:
         self.default = default
-        self.backoff = backoff
+        self.backoff = backoff  # seconds the limiter stays open after a Redis failure, at most
         self._skip_until = 0.0
         self._lock = threading.Lock()
         storage = storage_from_string(
@@ -46,7 +49,10 @@ class KeyRateLimiter:
     def check(self, principal: Principal) -> None:
         """Count the request; raise a 429 :class:`ApiError` when the key is over a limit."""
         text = principal.rate_limit or self.default
-        if not text or time.monotonic() < self._skip_until:
+        if not text:
+            return
+        if time.monotonic() < self._skip_until:
+            RATE_LIMITER_OPEN.inc()
             return
         try:
             for rate in parse_rates(text):
@@ -57,7 +63,9 @@ class KeyRateLimiter:
         except Exception as exc:  # noqa: BLE001 - any storage failure: let the request through
             with self._lock:
                 self._skip_until = time.monotonic() + self.backoff
-            log.warning("rate limiter unavailable for %.0fs: %s", self.backoff, exc)
+            RATE_LIMITER_FAILURES.inc()
+            RATE_LIMITER_OPEN.inc()
+            log.warning("rate limiter unavailable, open for %gs: %s", self.backoff, exc)
 
     def _too_many(self, rate: RateLimitItem, key_id: str) -> ApiError:
         stats: Any = self._limiter.get_window_stats(rate, key_id)

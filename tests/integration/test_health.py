@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,16 @@ def test_healthz_needs_no_key(stack: Stack) -> None:
     assert response.status_code == 200 and response.get_json() == {"status": "ok"}
 
 
-def test_readyz_reports_each_dependency(stack: Stack) -> None:
-    response = stack.client().get("/readyz")
+def test_readyz_tells_the_public_only_its_status(stack: Stack) -> None:
+    for headers in ({}, stack.auth()):  # no key, or a tenant's key
+        response = stack.client().get("/readyz", headers=headers)
+        assert response.status_code == 200 and response.get_json() == {"status": "ready"}
+    unknown = stack.client().get("/readyz", headers={"Authorization": "Bearer iq_not-a-real-key"})
+    assert unknown.status_code == 401 and unknown.mimetype == "application/problem+json"
+
+
+def test_readyz_reports_each_dependency_to_an_admin(stack: Stack) -> None:
+    response = stack.client().get("/readyz", headers=stack.auth(stack.admin_key))
     body = response.get_json()
     assert response.status_code == 200, body
     assert body["status"] == "ready"
@@ -33,15 +42,17 @@ def test_readyz_is_503_when_triton_stops(stack: Stack, tmp_path: Path) -> None:
     from webapp import create_app
 
     triton = start_triton(tmp_path, "triton-readyz")
-    settings = dataclasses.replace(stack.settings, triton_urls={0: triton.url, 1: triton.url})
+    settings = dataclasses.replace(
+        stack.settings, triton_urls={0: triton.url, 1: triton.url}, ready_cache_ttl=0
+    )
     app = create_app(settings)
     try:
         assert app.test_client().get("/readyz").status_code == 200
         triton.process.stop()
-        response = app.test_client().get("/readyz")
+        response = app.test_client().get("/readyz", headers=stack.auth(stack.admin_key))
         body = response.get_json()
         assert response.status_code == 503
-        assert body["status"] == "not ready"
+        assert body["status"] == "unavailable"
         assert body["checks"]["triton"]["status"] == "fail"
         assert body["checks"]["triton"]["gpus"]["0"]["status"] == "fail"
         assert all(body["checks"][name]["status"] == "ok" for name in ("broker", "database", "object_store"))
@@ -57,9 +68,11 @@ def test_readyz_is_503_when_the_object_store_is_unreachable(stack: Stack) -> Non
     settings = dataclasses.replace(stack.settings, s3_endpoint=f"http://127.0.0.1:{free_port()}")
     app = create_app(settings)
     try:
-        response = app.test_client().get("/readyz")
+        response = app.test_client().get("/readyz", headers=stack.auth(stack.admin_key))
         assert response.status_code == 503
         assert response.get_json()["checks"]["object_store"]["status"] == "fail"
+        public = app.test_client().get("/readyz")
+        assert public.status_code == 503 and public.get_json() == {"status": "unavailable"}
     finally:
         app.extensions["inferq"].close()
 
@@ -96,8 +109,9 @@ def test_database_down_is_a_503_not_a_500(stack: Stack) -> None:
         assert response.status_code == 503 and response.mimetype == "application/problem+json"
         assert response.get_json()["type"].endswith("database-unavailable")
         assert response.headers["Retry-After"] == "5"
-        ready = app.test_client().get("/readyz").get_json()
-        assert ready["checks"]["database"]["status"] == "fail"
+        ready = app.test_client().get("/readyz", headers=stack.auth(stack.admin_key)).get_json()
+        assert ready["status"] == "unavailable"  # the key cannot be checked: no details
+        assert app.test_client().get("/readyz").status_code == 503
     finally:
         app.extensions["inferq"].close()
 
@@ -116,7 +130,51 @@ def test_redis_down_inference_answers_503_not_a_hang(stack: Stack) -> None:
         assert response.status_code == 503 and response.get_json()["type"].endswith("cache-unavailable")
         response = app.test_client().get("/v1/tasks/abc", headers=stack.auth())
         assert response.status_code == 503
-        ready = app.test_client().get("/readyz")
+        ready = app.test_client().get("/readyz", headers=stack.auth(stack.admin_key))
         assert ready.status_code == 503 and ready.get_json()["checks"]["broker"]["status"] == "fail"
     finally:
         app.extensions["inferq"].close()
+
+
+def test_readyz_is_cached_and_broadcasts_nothing_to_the_workers(stack: Stack) -> None:
+    from tasks import create_celery_app
+    from webapp import create_app
+
+    admin = stack.auth(stack.admin_key)
+    subscriber = stack.services.redis.pubsub()
+    subscriber.psubscribe("*pidbox*")  # where Celery's control broadcasts (inspect, ping) go
+
+    def broadcasts() -> int:
+        seen, deadline = 0, time.monotonic() + 1
+        while time.monotonic() < deadline:
+            message = subscriber.get_message(timeout=0.1)
+            seen += bool(message and message["type"] == "pmessage")
+        return seen
+
+    cached = create_app(dataclasses.replace(stack.settings, ready_cache_ttl=60))
+    uncached = create_app(dataclasses.replace(stack.settings, ready_cache_ttl=0))
+    try:
+        broadcasts()  # the subscription confirmation, and anything already on its way
+        answers = [cached.test_client().get("/readyz", headers=admin).get_json() for _ in range(5)]
+        assert len({answer["checked_at"] for answer in answers}) == 1, "checked once, then reused"
+        fresh = [uncached.test_client().get("/readyz", headers=admin).get_json() for _ in range(3)]
+        assert len({answer["checked_at"] for answer in fresh}) == 3
+        assert all(a["checks"]["workers"]["queues"]["gpu.0"] for a in [*answers, *fresh])
+        assert broadcasts() == 0, "/readyz must not broadcast to every worker"
+        create_celery_app(stack.settings).control.inspect(timeout=0.5).ping()
+        assert broadcasts() > 0, "the subscription sees a real broadcast"
+    finally:
+        subscriber.close()
+        cached.extensions["inferq"].close()
+        uncached.extensions["inferq"].close()
+
+
+def test_worker_liveness_entries(stack: Stack) -> None:
+    from workers.liveness import announce, live_workers, withdraw
+
+    client, queue = stack.services.redis, f"test-{time.monotonic_ns()}"
+    announce(client, "w1@host", [queue])
+    announce(client, "w2@host", [queue], alive_for=-1)  # its time is already up
+    assert live_workers(client, [queue]) == {queue: ["w1@host"]}
+    withdraw(client, "w1@host", [queue])
+    assert live_workers(client, [queue]) == {queue: []}

@@ -376,6 +376,7 @@ class Supervisor:
             self.backoff = 1.0
 
 
+def stop_all(processes: list[ManagedProcess], timeout: float = 15.0) -> None:
     """SIGTERM all at once, then wait for each (SIGKILL after ``timeout``)."""
     for process in processes:
         if process.alive():

@@ -1,4 +1,5 @@
-"""``inferq up``: the whole local stack starts, serves a real inference, and Ctrl-C leaves nothing behind."""
+"""``inferq up``: the whole local stack starts, serves a real inference, restarts a process that dies,
+and Ctrl-C leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -40,6 +41,13 @@ def descendants(pid: int) -> set[int]:
             found.add(child)
             todo.append(child)
     return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 def alive(pid: int) -> bool:
@@ -95,6 +103,27 @@ def test_up_serves_and_ctrl_c_stops_everything(tmp_path: Path, redis_url: str) -
         assert response.json()["parameters"]["queue"] in {"gpu.0", "gpu.1"}
         ready = requests.get(f"{base}/readyz", timeout=10)
         assert ready.status_code == 200, ready.text
+
+        # A worker that dies (SIGKILL) is started again; the stack does not stop.
+        [worker] = [pid for pid in descendants(up.pid) if "-Q gpu.0" in cmdline(pid)]
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:
+            again = [pid for pid in descendants(up.pid) if "-Q gpu.0" in cmdline(pid) and pid != worker]
+            if again and requests.get(f"{base}/readyz", timeout=10).status_code == 200:
+                break
+            assert up.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        assert "worker-gpu0 exited" in log.read_text() and "worker-gpu0 restarted" in log.read_text()
+        for _ in range(4):  # both GPUs serve again
+            response = requests.post(
+                f"{base}/v1/models/digits/infer",
+                json=body,
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=30,
+            )
+            assert response.status_code == 200, response.text
 
         started = descendants(up.pid)
         assert len(started) >= 7  # servers, workers (and their pool processes), API, Flower

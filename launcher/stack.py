@@ -327,6 +327,7 @@ class Stack:
         back empty gets its models again from the reconciler (celery beat)."""
         supervisors = {process.name: Supervisor() for process in self.processes}
         while True:
+            now = time.monotonic()
             for process in self.processes:
                 state = supervisors.setdefault(process.name, Supervisor())
                 if process.alive():
@@ -355,7 +356,6 @@ class Stack:
         self.processes.clear()
 
 
-def stop_all(processes: list[ManagedProcess], timeout: float = 15.0) -> None:
 @dataclass
 class Supervisor:
     """Restart bookkeeping of one process: back-off doubling from 1 s to 60 s, reset after a calm minute."""

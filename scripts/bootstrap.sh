@@ -3,7 +3,7 @@
 # already there: the virtual env (.venv) with inferq and its pinned dependencies, the shared
 # libpython that Triton's Python backend links, and redis-server when no Redis is reachable.
 #   scripts/bootstrap.sh          runtime only
-#   scripts/bootstrap.sh --dev    also the test and lint tools
+#   scripts/bootstrap.sh --dev    also the test and lint tools (and Chromium for the /docs browser test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,6 +47,11 @@ fi
 # Redis: reuse a running one; otherwise make sure `inferq up` (and the tests) can start one.
 if ! command -v redis-server >/dev/null && { [ -n "$extras" ] || ! tcp_open 127.0.0.1 6379; }; then
   apt_install redis-server
+fi
+
+# The /docs browser test drives headless Chromium with Debian's chromedriver (selenium).
+if [ -n "$extras" ] && ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then
+  apt_install chromium chromium-driver
 fi
 
 if [ ! -x .venv/bin/python ]; then

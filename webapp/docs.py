@@ -1,4 +1,9 @@
-"""``GET /openapi.json`` (the API's OpenAPI 3.1 document) and ``GET /docs`` (Swagger UI, served locally)."""
+"""``GET /openapi.json`` (the API's OpenAPI 3.1 document) and ``GET /docs`` (Swagger UI, served locally).
+
+Swagger UI 5 reads OpenAPI 3.1 (4.x cannot: "the provided definition does not specify a valid
+version field"); its files come from the flask-swagger-ui wheel, nothing from the internet.
+``tests/integration/test_docs_browser.py`` renders the page in headless Chromium.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +22,20 @@ PAGE = """<!doctype html>
   <meta charset="utf-8">
   <title>inferq API</title>
   <link rel="stylesheet" href="/docs/assets/swagger-ui.css">
+  <style>body { margin: 0; background: #fafafa; }</style>
 </head>
 <body>
   <div id="swagger-ui"></div>
   <script src="/docs/assets/swagger-ui-bundle.js"></script>
   <script>
-    window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", persistAuthorization: true});
+    window.ui = SwaggerUIBundle({
+      url: "/openapi.json",
+      dom_id: "#swagger-ui",
+      deepLinking: true,
+      persistAuthorization: true,
+      tryItOutEnabled: false,
+      validatorUrl: null
+    });
   </script>
 </body>
 </html>
@@ -53,7 +66,12 @@ def docs() -> Response:
 
 @bp.get("/docs/assets/<path:name>")
 def docs_assets(name: str) -> Any:
-    # Swagger UI ships in the swagger-ui-bundle wheel: nothing is fetched from the internet.
-    from swagger_ui_bundle import swagger_ui_path
+    return send_from_directory(swagger_ui_dist(), name, max_age=86400)
 
-    return send_from_directory(swagger_ui_path, name, max_age=86400)
+
+@cache
+def swagger_ui_dist() -> Path:
+    """Swagger UI's distribution files, as the flask-swagger-ui wheel ships them (5.x: OpenAPI 3.1)."""
+    import flask_swagger_ui
+
+    return Path(flask_swagger_ui.__file__).with_name("dist")

@@ -278,3 +278,30 @@ def test_answers_match_the_openapi_document(stack: Stack) -> None:
     assert_matches(
         "TritonError", client.post("/v2/models/digits/infer", data=b"[", headers=headers).get_json()
     )
+
+
+def test_readme_triton_client_example_runs_as_printed(stack: Stack, api_url: str) -> None:
+    """The README's tritonclient code, run by the venv's Python, against a served API instead of
+    127.0.0.1:8080."""
+    import subprocess
+    import sys
+
+    from inferq.settings import REPO_ROOT
+
+    text = (REPO_ROOT / "README.md").read_text()
+    code = text.split("## Triton clients", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    assert 'InferenceServerClient("127.0.0.1:8080")' in code and "import tritonclient.http" in code
+    code = code.replace("127.0.0.1:8080", api_url.removeprefix("http://"))
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"INFERQ_API_KEY": stack.user_key, "PATH": "/usr/bin:/bin"},
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "True True", result.stdout
+    assert "'name': 'input', 'datatype': 'FP32', 'shape': [-1, 64]" in lines[1], result.stdout
+    assert lines[-1] == "[0]", result.stdout

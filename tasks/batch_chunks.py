@@ -286,13 +286,13 @@ def model_of(services: Services, work: ChunkWork) -> ResolvedModel | None:
     return ResolvedModel.from_record(record) if record is not None else None
 
 
-def _count_in_flight(services: Services, queue: str, started: bool) -> None:
+def _count_in_flight(services: Services, queue: str, started: bool, worker: str = "") -> None:
     try:
         with services.redis.pipeline(transaction=False) as pipe:
             if started:
-                services.gpus.add_started(pipe, queue)
+                services.gpus.add_started(pipe, queue, worker)
             else:
-                services.gpus.add_finished(pipe, queue)
+                services.gpus.add_finished(pipe, queue, worker)
             pipe.execute()
     except RedisError as exc:  # load figures are advice
         log.debug("in-flight count of %s not updated: %s", queue, exc)

@@ -64,7 +64,7 @@ def _attempt_started(sender: Task | None = None, task_id: str = "", args: Any = 
     services = services_for(sender.app)
     try:
         with services.redis.pipeline(transaction=False) as pipe:
-            services.gpus.add_started(pipe, _queue(sender))
+            services.gpus.add_started(pipe, _queue(sender), sender.request.hostname or "")
             for request in _requests(args):
                 services.tasks.add_running(pipe, request["task_id"])
             pipe.execute()
@@ -91,7 +91,7 @@ def _attempt_ended(
             for attempt in attempts:
                 add_attempt(services, pipe, attempt)
             failures_at = len(pipe.command_stack) - 2  # the last attempt's breaker count
-            services.gpus.add_finished(pipe, _queue(sender))
+            services.gpus.add_finished(pipe, _queue(sender), sender.request.hostname or "")
             outcomes: list[Outcome] | None = getattr(sender.request, "inferq_outcomes", None)
             if state == states.SUCCESS and outcomes is None:  # sent to another GPU: not over yet
                 rerouted = getattr(sender.request, "inferq_rerouted", "?")
@@ -144,7 +144,9 @@ def _announce_alive(sender: Any = None, **_: Any) -> None:
     if sender is None:
         return
     queues = sorted(sender.app.amqp.queues.consume_from)
-    start_announcing(services_for(sender.app).redis, sender.hostname, queues)
+    services = services_for(sender.app)
+    services.gpus.reset_worker(sender.hostname, queues)  # a restarted worker runs nothing yet
+    start_announcing(services.redis, sender.hostname, queues)
 
 
 @worker_shutdown.connect

@@ -23,15 +23,16 @@ from urllib.parse import urlsplit
 
 from inferq.services import Redis, RedisError, redis_client
 from inferq.settings import gpu_queue
+from workers.liveness import WORKERS_KEY
 
 log = logging.getLogger(__name__)
 
 BREAKER_KEY = "inferq:breaker:{}"
 TRIAL_KEY = "inferq:breaker-trial:{}"
-INFLIGHT_KEY = "inferq:inflight:{}"
+INFLIGHT_KEY = "inferq:running:{}"  # a hash per queue: worker name -> tasks it runs
 MISSING_KEY = "inferq:missing:{}:{}"  # model id, queue: its Triton said it does not have the model
 MISSING_TTL = 60  # the reconciler reloads it within a minute; until then the router sends nothing there
-INFLIGHT_TTL = 600  # a counter left high by a killed worker heals after this long
+INFLIGHT_TTL = 600
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,17 @@ def open_for(raw_open_until: bytes | str | None, now: float | None = None) -> fl
     if raw_open_until is None:
         return 0.0
     return max(0.0, float(raw_open_until) - (now or time.time()))
+
+
+def running(counts: dict[Any, Any], workers: list[tuple[Any, float]], now: float) -> int:
+    """Tasks in flight on a queue: the counts of the workers alive at ``now`` (Redis time), and
+    those counted without a worker name."""
+    alive = {_text(member) for member, until in workers if float(until) > now} | {""}
+    return sum(max(0, int(count)) for worker, count in counts.items() if _text(worker) in alive)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class QueueDepths:
@@ -147,29 +159,34 @@ class GpuStates:
         broker itself when it is not this Redis)."""
         queues = [gpu_queue(gpu) for gpu in gpus]
         start = len(pipe.command_stack)
+        pipe.time()
         for queue in queues:
-            pipe.get(INFLIGHT_KEY.format(queue))
+            pipe.hgetall(INFLIGHT_KEY.format(queue))
+            pipe.zrange(WORKERS_KEY.format(queue), 0, -1, withscores=True)
             pipe.hmget(BREAKER_KEY.format(queue), "open_until", "failures")
             if model_id is not None:
                 pipe.exists(MISSING_KEY.format(model_id, queue))
-        per_gpu = 3 if model_id is not None else 2
+        per_gpu = 4 if model_id is not None else 3
         inline = self.depths.add_to(pipe, queues)
 
         def parse(replies: list[Any]) -> dict[int, GpuLoad]:
-            own = replies[start : start + per_gpu * len(gpus) + (len(gpus) if inline else 0)]
+            own = replies[start : start + 1 + per_gpu * len(gpus) + (len(gpus) if inline else 0)]
+            redis_now = int(own[0][0]) + int(own[0][1]) / 1e6
+            own = own[1:]
             depth = dict(zip(queues, own[per_gpu * len(gpus) :], strict=True)) if inline else {}
             if not inline:
                 depth = self.depths.depths(queues)
             now = time.time()
             found = {}
             for i, (gpu, queue) in enumerate(zip(gpus, queues, strict=True)):
-                inflight, (open_until, failures) = own[per_gpu * i], own[per_gpu * i + 1]
+                counts, workers = own[per_gpu * i], own[per_gpu * i + 1]
+                open_until, failures = own[per_gpu * i + 2]
                 tripped = open_until is not None and int(failures or 0) >= self.policy.threshold
                 found[gpu] = GpuLoad(
-                    int(depth.get(queue) or 0) + max(0, int(inflight or 0)),
+                    int(depth.get(queue) or 0) + running(counts, workers, redis_now),
                     open_for(open_until, now),
                     half_open=tripped and open_for(open_until, now) <= 0,
-                    missing=bool(own[per_gpu * i + 2]) if model_id is not None else False,
+                    missing=bool(own[per_gpu * i + 3]) if model_id is not None else False,
                 )
             return found
 
@@ -207,15 +224,27 @@ class GpuStates:
         except RedisError:
             return {}
 
-    # In flight: counted by the worker around each task attempt.
+    # In flight: counted per worker around each task attempt. A worker that dies leaves its
+    # count behind, but only workers alive (workers.liveness) are summed, and a worker that
+    # starts again under the same name begins from zero: the figure heals by itself.
 
-    def add_started(self, pipe: Any, queue: str) -> None:
+    def add_started(self, pipe: Any, queue: str, worker: str) -> None:
         key = INFLIGHT_KEY.format(queue)
-        pipe.incr(key)
+        pipe.hincrby(key, worker, 1)
         pipe.expire(key, INFLIGHT_TTL)
 
-    def add_finished(self, pipe: Any, queue: str) -> None:
-        pipe.decr(INFLIGHT_KEY.format(queue))
+    def add_finished(self, pipe: Any, queue: str, worker: str) -> None:
+        pipe.hincrby(INFLIGHT_KEY.format(queue), worker, -1)
+
+    def reset_worker(self, worker: str, queues: Sequence[str]) -> None:
+        """A worker (re)starts: nothing of it is in flight."""
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for queue in queues:
+                    pipe.hdel(INFLIGHT_KEY.format(queue), worker)
+                pipe.execute()
+        except RedisError as exc:
+            log.warning("in-flight counts of %s not reset: %s", worker, exc)
 
     # Breakers: one update per attempt, pipelined with the attempt's statistics.
 

@@ -80,3 +80,13 @@ def test_a_gpu_that_lost_the_model_gets_nothing() -> None:
     with pytest.raises(NoRoute) as error:
         choose_gpu([0], {0: GpuLoad(0, missing=True)})
     assert "reloaded" in str(error.value) and error.value.retry_after
+
+
+def test_in_flight_counts_only_workers_alive_so_a_dead_one_heals() -> None:
+    from workers.gpu_state import running
+
+    counts = {b"gpu0@a": b"3", b"gpu0@dead": b"7", b"": b"1", b"gpu0@b": b"-2"}
+    workers = [(b"gpu0@a", 1010.0), (b"gpu0@dead", 990.0), (b"gpu0@b", 1010.0)]
+    assert running(counts, workers, now=1000.0) == 3 + 1, (
+        "the dead worker's 7 and a negative count do not count"
+    )

@@ -64,9 +64,9 @@ def run_chunk(self: Task, batch_id: str, index: int) -> str:
         )
         return "misrouted"
     services = services_for(self.app)
-    outcome = batch_chunks.run_chunk(
-        services, celery_dispatch(self.app), batch_id, index, gpu, uuid.uuid4().hex[:12]
-    )
+    run = uuid.uuid4().hex[:12]
+    worker = self.request.hostname or ""
+    outcome = batch_chunks.run_chunk(services, celery_dispatch(self.app), batch_id, index, gpu, run, worker)
     log.info("batch %s chunk %s: %s", batch_id, index, outcome)
     return outcome
 

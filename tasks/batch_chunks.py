@@ -298,8 +298,11 @@ def _count_in_flight(services: Services, queue: str, started: bool, worker: str 
         log.debug("in-flight count of %s not updated: %s", queue, exc)
 
 
-def run_chunk(services: Services, dispatch: Dispatch, batch_id: str, index: int, gpu: int, run: str) -> str:
-    """Run chunk ``index`` of a batch on GPU ``gpu`` (``run``: a name for this execution).
+def run_chunk(
+    services: Services, dispatch: Dispatch, batch_id: str, index: int, gpu: int, run: str, worker: str = ""
+) -> str:
+    """Run chunk ``index`` of a batch on GPU ``gpu`` (``run``: a name for this execution; ``worker``:
+    the Celery worker running it, whose in-flight count the router reads).
 
     Writes the execution's own parts, then marks the chunk done, which counts its lines
     once however many executions there are: a second execution's parts are never used.
@@ -317,7 +320,7 @@ def run_chunk(services: Services, dispatch: Dispatch, batch_id: str, index: int,
     last_attempt = work.attempts >= services.settings.batch_chunk_max_attempts
     writer = PartWriter()
     queue = gpu_queue(gpu)
-    _count_in_flight(services, queue, True)
+    _count_in_flight(services, queue, True, worker)
     try:
         try:
             write_lines(
@@ -334,7 +337,7 @@ def run_chunk(services: Services, dispatch: Dispatch, batch_id: str, index: int,
             fail_batch(services, batch_id, INPUT_FILE_NOT_FOUND, "the input file's object is missing")
             return "failed"
         finally:
-            _count_in_flight(services, queue, False)
+            _count_in_flight(services, queue, False, worker)
         keys = registry.chunk_part_keys(work.tenant, batch_id, index, run)
         output_key, error_key = writer.upload(services, keys)
     finally:

@@ -127,7 +127,7 @@ def get_batch(stack: Stack, batch_id: str, key: str | None = None) -> dict[str, 
 
 
 def wait_for(
-    stack: Stack, batch_id: str, statuses: tuple[str, ...] = FINAL, timeout: float = 120
+    stack: Stack, batch_id: str, statuses: tuple[str, ...] = FINAL, timeout: float = 240
 ) -> dict[str, Any]:
     """Poll the batch until its status is one of ``statuses`` (bounded by ``timeout``)."""
     deadline = time.monotonic() + timeout

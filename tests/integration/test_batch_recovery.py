@@ -37,7 +37,7 @@ def fast_recovery(stack: Stack) -> Iterator[Any]:
     dispatch = celery_dispatch(create_celery_app(settings))
     resent: list[int] = []
 
-    def until_final(batch_id: str, timeout: float = 120) -> dict[str, Any]:
+    def until_final(batch_id: str, timeout: float = 240) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         batch: dict[str, Any] = {}
         while time.monotonic() < deadline:
@@ -64,7 +64,6 @@ def chunk_attempts(stack: Stack, batch_id: str) -> list[int]:
 def test_a_gpu_worker_killed_mid_batch_loses_nothing(stack: Stack, tmp_path: Any) -> None:
     from launcher.localstack import ManagedProcess
     from launcher.stack import gpu_worker_argv, worker_env
-    from workers.gpu_state import INFLIGHT_KEY
 
     host, port = stack.settings.triton_urls[1].split("//")[1].split(":")
     proxy = HoldingProxy((host, int(port)))
@@ -109,8 +108,6 @@ def test_a_gpu_worker_killed_mid_batch_loses_nothing(stack: Stack, tmp_path: Any
         proxy.close()
         if replacement is None or not replacement.alive():
             stack.workers["gpu.1"] = gpu1_worker(stack.settings, "gpu1-restored")
-        # The killed worker's in-flight count would skew routing for the tests that follow.
-        stack.services.redis.delete(INFLIGHT_KEY.format("gpu.1"))
 
 
 def test_the_gpu_queues_deleted_mid_batch_and_the_reaper_recovers(stack: Stack) -> None:

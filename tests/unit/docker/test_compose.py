@@ -37,7 +37,10 @@ def test_every_component_of_the_design_is_a_service(compose: dict[str, Any]) -> 
 
 
 def test_environment_names_real_settings_and_parses(compose: dict[str, Any]) -> None:
-    known = {f"INFERQ_{f.name.upper()}" for f in dataclasses.fields(Settings)} | {"CUDA_VISIBLE_DEVICES"}
+    known = {f"INFERQ_{f.name.upper()}" for f in dataclasses.fields(Settings)} | {
+        "CUDA_VISIBLE_DEVICES",
+        "FLOWER_BASIC_AUTH",  # Flower's own option, read from its environment
+    }
     for name, service in compose["services"].items():
         env = service.get("environment", {})
         if not any(key.startswith("INFERQ_") for key in env):
@@ -97,3 +100,32 @@ def test_compose_paths_exist(compose: dict[str, Any]) -> None:
             if source.startswith("."):
                 assert (DOCKER / source).resolve().exists(), source
     assert Path(DOCKER / "../models/digits/config.pbtxt").resolve().is_file()
+
+
+def host_ip(mapping: str) -> str | None:
+    """The host address a compose port mapping binds (None: every interface)."""
+    parts = mapping.split(":")
+    return parts[0] if len(parts) == 3 else None
+
+
+def test_only_the_api_is_published_on_every_interface(compose: dict[str, Any]) -> None:
+    published = {
+        name: [str(port) for port in service.get("ports", [])]
+        for name, service in compose["services"].items()
+        if service.get("ports")
+    }
+    assert published.pop("api") == ["8080:8080"]
+    assert {"flower", "minio", "prometheus", "grafana", "jaeger"} <= set(published)
+    for name, ports in published.items():
+        assert all(host_ip(port) == "127.0.0.1" for port in ports), (name, ports)
+    for name, service in compose["services"].items():
+        assert service.get("network_mode") != "host", name
+    assert not compose["services"]["redis"].get("ports") and not compose["services"]["postgres"].get("ports")
+
+
+def test_flower_needs_a_password_from_the_environment(compose: dict[str, Any]) -> None:
+    flower = compose["services"]["flower"]
+    value = flower["environment"]["FLOWER_BASIC_AUTH"]
+    # Required (compose refuses to start without it), never a value committed here.
+    assert value.startswith("${FLOWER_BASIC_AUTH:?") and value.endswith("}")
+    assert not any("basic" in part or "auth" in part for part in flower["command"])

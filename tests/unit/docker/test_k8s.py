@@ -93,3 +93,22 @@ def test_api_probes_use_the_health_endpoints(objects: list[dict[str, Any]]) -> N
     assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
     [migrate] = containers(by_kind(objects, "Job")["inferq-migrate"])
     assert migrate["command"] == ["inferq", "db", "upgrade"]
+
+
+def test_only_the_api_may_be_exposed(objects: list[dict[str, Any]]) -> None:
+    for name, service in by_kind(objects, "Service").items():
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP", name
+    for deployment in by_kind(objects, "Deployment").values():
+        spec = deployment["spec"]["template"]["spec"]
+        assert not spec.get("hostNetwork"), deployment["metadata"]["name"]
+        for container in spec["containers"]:
+            assert all("hostPort" not in port for port in container.get("ports", [])), container["name"]
+
+
+def test_flower_has_basic_auth_from_a_secret_not_in_the_manifests(objects: list[dict[str, Any]]) -> None:
+    [flower] = containers(by_kind(objects, "Deployment")["inferq-flower"])
+    [auth] = [item for item in flower["env"] if item["name"] == "FLOWER_BASIC_AUTH"]
+    ref = auth["valueFrom"]["secretKeyRef"]
+    assert ref.get("optional") is not True  # no password, no Flower
+    assert ref["name"] not in by_kind(objects, "Secret"), "the password is generated, never committed"
+    assert not any("basic" in part or "auth" in part for part in flower["command"])

@@ -41,6 +41,9 @@ class InferenceStats(Base):
     requests: Mapped[int] = mapped_column(BigInteger, default=0)
     errors: Mapped[int] = mapped_column(BigInteger, default=0)
     latency_ms_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    # Triton calls made for those requests: a request tried on two GPUs is one request, two attempts.
+    attempts: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    failed_attempts: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class InferenceLatency(Base):
@@ -71,6 +74,17 @@ def add_inference(pipe: Any, model_id: str, gpu: int, latency_ms: float, ok: boo
         pipe.hincrby(key, "errors", count)
 
 
+def add_attempts(pipe: Any, model_id: str, gpu: int, count: int, failed: int) -> None:
+    """Queue ``count`` Triton attempts on ``gpu`` (``failed`` of them failed) on a Redis pipeline.
+
+    Requests count once, when they end; attempts count every try, so a request retried on
+    another GPU shows as one request and two attempts."""
+    key = KEY.format(model_id, gpu)
+    pipe.hincrby(key, "attempts", count)
+    if failed:
+        pipe.hincrby(key, "failed_attempts", failed)
+
+
 def record(client: Redis, model_id: str, gpu: int, latency_ms: float, ok: bool) -> None:
     """Count one inference (one pipelined round trip); never raises."""
     try:
@@ -82,7 +96,7 @@ def record(client: Redis, model_id: str, gpu: int, latency_ms: float, ok: bool) 
 
 
 def _parse(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
-    counts: dict[str, Any] = {"requests": 0, "errors": 0, "latency_ms_sum": 0.0, "buckets": {}}
+    counts: dict[str, Any] = _empty()
     for field, value in raw.items():
         name = field.decode()
         if name.startswith("b"):
@@ -120,6 +134,8 @@ def _write(session: Session, model_id: str, gpu: int, counts: Mapping[str, Any])
             "requests": counts["requests"],
             "errors": counts["errors"],
             "latency_ms_sum": counts["latency_ms_sum"],
+            "attempts": counts["attempts"],
+            "failed_attempts": counts["failed_attempts"],
         },
     )
     for bucket, count in counts["buckets"].items():
@@ -159,6 +175,8 @@ def _give_back(client: Redis, key: Any, counts: Mapping[str, Any]) -> None:
         pipe.hincrby(key, "requests", counts["requests"])
         pipe.hincrby(key, "errors", counts["errors"])
         pipe.hincrbyfloat(key, "latency_ms_sum", counts["latency_ms_sum"])
+        pipe.hincrby(key, "attempts", counts["attempts"])
+        pipe.hincrby(key, "failed_attempts", counts["failed_attempts"])
         for bucket, count in counts["buckets"].items():
             pipe.hincrby(key, f"b{bucket}", count)
         pipe.execute()
@@ -183,19 +201,28 @@ def _summary(counts: Mapping[str, Any]) -> dict[str, Any]:
         "requests": requests,
         "errors": errors,
         "error_rate": round(errors / requests, 6) if requests else 0.0,
+        "attempts": counts["attempts"],
+        "failed_attempts": counts["failed_attempts"],
         "latency_ms": latency,
     }
 
 
 def _merge(into: dict[str, Any], counts: Mapping[str, Any]) -> None:
-    for name in ("requests", "errors", "latency_ms_sum"):
+    for name in ("requests", "errors", "latency_ms_sum", "attempts", "failed_attempts"):
         into[name] += counts[name]
     for bucket, count in counts["buckets"].items():
         into["buckets"][bucket] = into["buckets"].get(bucket, 0) + count
 
 
 def _empty() -> dict[str, Any]:
-    return {"requests": 0, "errors": 0, "latency_ms_sum": 0.0, "buckets": {}}
+    return {
+        "requests": 0,
+        "errors": 0,
+        "latency_ms_sum": 0.0,
+        "attempts": 0,
+        "failed_attempts": 0,
+        "buckets": {},
+    }
 
 
 def read(session: Session, client: Redis | None, model_id: str, gpus: Iterable[int]) -> dict[str, Any]:
@@ -206,6 +233,8 @@ def read(session: Session, client: Redis | None, model_id: str, gpus: Iterable[i
             "requests": row.requests,
             "errors": row.errors,
             "latency_ms_sum": row.latency_ms_sum,
+            "attempts": row.attempts,
+            "failed_attempts": row.failed_attempts,
             "buckets": {},
         }
     for bucket in session.scalars(select(InferenceLatency).where(InferenceLatency.model_id == model_id)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,13 +45,15 @@ class Attempt:
     ok: int  # requests answered
     failed: int  # requests that failed
     reachable: bool  # only an unreachable Triton counts against the breaker
+    final: bool = True  # the requests end here (False: they are tried again, here or elsewhere)
 
 
 def add_attempt(services: Services, pipe: Any, attempt: Attempt) -> None:
     """Queue the statistics and breaker update of ``attempt`` on ``pipe`` (the caller executes it)."""
+    stats.add_attempts(pipe, attempt.model_id, attempt.gpu, attempt.ok + attempt.failed, attempt.failed)
     if attempt.ok:
         stats.add_inference(pipe, attempt.model_id, attempt.gpu, attempt.latency_ms, True, attempt.ok)
-    if attempt.failed:
+    if attempt.failed and attempt.final:
         stats.add_inference(pipe, attempt.model_id, attempt.gpu, 0.0, False, attempt.failed)
     services.gpus.add_attempt(pipe, attempt.gpu, attempt.reachable)
 
@@ -79,7 +82,12 @@ def infer_on_gpu(
     try:
         result = run_message(services.triton(gpu), message, load_inputs(services, message), gpu)
     except TritonUnavailable:
-        attempts.append(Attempt(model_id, gpu, 0.0, 0, len(message["requests"]), reachable=False))
+        attempts.append(
+            Attempt(model_id, gpu, 0.0, 0, len(message["requests"]), reachable=False, final=False)
+        )
+        raise
+    except TritonModelNotFound:
+        attempts.append(Attempt(model_id, gpu, 0.0, 0, len(message["requests"]), reachable=True, final=False))
         raise
     failed = sum(1 for answer in result.answers if is_failure(answer))
     attempts.append(Attempt(model_id, gpu, result.latency_ms, len(result.answers) - failed, failed, True))
@@ -156,6 +164,7 @@ def infer(self: Task, message: InferMessage) -> int:
         if isinstance(exc, TritonModelNotFound):
             services.gpus.mark_missing(message["model_id"], gpu)
         if self.request.retries >= self.max_retries:
+            attempts[-1] = dataclasses.replace(attempts[-1], final=True)  # the requests end here
             raise InferenceFailed(str(exc), exc.code) from exc
         target = reroute_target(services, message, gpu)
         if target is not None:
@@ -163,6 +172,7 @@ def infer(self: Task, message: InferMessage) -> int:
             self.request.inferq_rerouted = target
             return 0
         if isinstance(exc, TritonModelNotFound):
+            attempts[-1] = dataclasses.replace(attempts[-1], final=True)
             raise InferenceFailed(str(exc), exc.code) from exc
         raise  # the same GPU after a back-off (autoretry)
     except LookupError as exc:

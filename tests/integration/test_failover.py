@@ -103,6 +103,14 @@ def test_a_gpu_whose_triton_lost_the_model_fails_no_request(pair: Pair, stack: S
         assert [status for status, _ in answers] == [200] * 12, answers
         assert {body["parameters"]["queue"] for _, body in answers} == {"gpu.9"}
         assert all(body["outputs"][0]["data"] == [4] for _, body in answers)  # digits says 4 for zeros
+        figures = pair.app.test_client().get(
+            f"/v1/models/{pair_model_id(stack, pair)}/stats", headers=stack.auth()
+        )
+        stats = figures.get_json()
+        # Requests count once, where they ended; the failed tries on GPU 8 are attempts.
+        assert (stats["requests"], stats["errors"]) == (12, 0), stats
+        assert stats["gpus"]["8"]["requests"] == 0 and stats["gpus"]["8"]["failed_attempts"] >= 1
+        assert stats["attempts"] == 12 + stats["failed_attempts"]
     finally:
         TritonEndpoint(pair.triton.url).load_model("digits")
         for gpu in (8, 9):

@@ -71,6 +71,7 @@ class Settings:
     sync_batch_max: int = 32
     sync_batch_inflight: int = 2
     sync_batch_slot_timeout: float = 2.0
+    max_redeliveries: int = 2  # a task whose worker died is run again at most this often (then fails)
     sync_deadline: float = 300.0  # a sync inference not started within this many seconds is dropped
     sync_waiting_per_tenant: int = 128  # sync requests of one tenant waiting at once; beyond: 429
     key_cache_ttl: float = 5.0  # seconds an API key's lookup is reused in-process (a revoke takes this long)

@@ -175,6 +175,10 @@ class TaskBook:
             note=json.loads(fields["note"]) if fields.get("note") else None,
         )
 
+    def count_redelivery(self, task_id: str, attempt: int) -> int:
+        """One more delivery of attempt ``attempt`` of ``task_id`` after its worker died; how many so far."""
+        return int(self.client.hincrby(RECORD_KEY.format(task_id), f"redelivered:{attempt}", 1))  # type: ignore[arg-type]
+
     def load_payload(self, task_id: str) -> Any:
         """The stashed inputs of a task; LookupError when they expired."""
         raw: Any = self.client.get(PAYLOAD_KEY.format(task_id))

@@ -10,6 +10,7 @@ from typing import Any
 
 from celery import Task, shared_task
 
+from inferq.services import RedisError
 from inferq.settings import gpu_of_queue, gpu_queue
 from registry import stats
 from tasks.bookkeeping import Outcome
@@ -94,6 +95,19 @@ def infer_on_gpu(
     return result
 
 
+def refuse_poison(services: Services, task_id: str, attempt: int) -> None:
+    """A message given back because its worker died is run again, but not forever: past
+    ``INFERQ_MAX_REDELIVERIES`` it fails as ``worker_lost`` instead of killing the next worker."""
+    try:
+        deaths = services.tasks.count_redelivery(task_id, attempt)
+    except RedisError:
+        return  # cannot tell: run it
+    if deaths > services.settings.max_redeliveries:
+        raise InferenceFailed(
+            f"the workers running this task died {deaths} times; it is not run again", "worker_lost"
+        )
+
+
 def reroute_target(services: Services, message: InferMessage, failed_gpu: int) -> int | None:
     """Another GPU where the model is ready and that can take the message now, or None."""
     others = [gpu for gpu in message.get("gpus", []) if gpu != failed_gpu and gpu in services.settings.gpus]
@@ -155,6 +169,8 @@ def infer(self: Task, message: InferMessage) -> int:
     if gpu is None:
         raise InferenceFailed(f"inference must run on a gpu.N queue, not {queue!r}", "misrouted")
     services = services_for(self.app)
+    if (self.request.delivery_info or {}).get("redelivered"):
+        refuse_poison(services, self.request.id, self.request.retries)
     # tasks.signals writes the attempt with the task's end, in the same Redis round trip.
     attempts: list[Attempt] = []
     self.request.inferq_attempts = attempts

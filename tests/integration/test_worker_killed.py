@@ -119,7 +119,40 @@ def test_killed_worker_task_is_run_again(stack: Stack, tmp_path: Path) -> None:
             assert task["result"]["outputs"][0]["data"] == [4]
             assert task["result"]["parameters"]["queue"] == "gpu.3"
             assert "gpu3-again" in task["result"]["parameters"]["worker"], "run again by the new worker"
+            record = stack.services.redis.hgetall(f"inferq:task:{location.rsplit('/', 1)[1]}")
+            assert record[b"redelivered:0"] == b"1", "the redelivery is counted"
     finally:
         if replacement is not None:
             replacement.stop()
         proxy.close()
+
+
+def test_a_message_that_keeps_killing_workers_is_not_run_forever(stack: Stack) -> None:
+    """A message given back after its worker died (kombu marks it redelivered) runs again at most
+    INFERQ_MAX_REDELIVERIES times; past that it fails as worker_lost instead of killing the next."""
+    import json
+
+    from tasks import create_celery_app, pipeline
+
+    app = create_celery_app(stack.settings)
+    model = pipeline.resolve_model(stack.services, "digits", "1")
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
+    pending = pipeline.prepare(pipeline.check_request(model, body), "acme", False, 1 << 20)
+    redis = stack.services.redis
+    with redis.pipeline(transaction=False) as pipe:
+        stack.services.tasks.add_open(pipe, pending.task_id, "acme", "digits", "1")
+        pipe.hset(f"inferq:task:{pending.task_id}", "redelivered:0", stack.settings.max_redeliveries)
+        pipe.execute()
+    # Published to a queue nobody consumes, then put on gpu.0 as the broker gives back a message
+    # whose worker died: delivery_info.redelivered set.
+    message = pipeline.infer_message(model, None, [pending])
+    pipeline.publish(app, "inferq.infer", [message], "gpu.77", pending.task_id, "(poison)")
+    raw = redis.rpop("gpu.77")
+    payload = json.loads(raw)
+    payload["properties"]["delivery_info"].update(redelivered=True, routing_key="gpu.0")
+    payload["headers"]["redelivered"] = True
+    redis.lpush("gpu.0", json.dumps(payload))
+    from tests.integration.test_infer import poll_task
+
+    task = poll_task(stack, f"/v1/tasks/{pending.task_id}")
+    assert task["status"] == "failed" and task["error"]["code"] == "worker_lost", task

@@ -52,7 +52,7 @@ import numpy as np
 import requests
 from sync_compare import descendants, inferq_role, inferq_root, processes, redact_key
 
-from inferq.client import Client, WaitTimeout
+from inferq.client import Client, ClientError, WaitTimeout
 
 SCRIPT = Path(__file__).resolve().with_name("handwritten") / "batch_script.py"
 PAGE_MIB = os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -608,7 +608,7 @@ def main() -> int:
             say(result)
             scaling.append(result)
             Path(result["output"]).unlink(missing_ok=True)
-    except DeadlineReached as exc:
+    except (DeadlineReached, ClientError, RuntimeError, requests.RequestException) as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:

@@ -741,8 +741,11 @@ def batch_summary(batch: Any) -> list[str]:
     return lines
 
 
-def follow(settings: Settings, batch_id: str, timeout: float | None, poll: float, as_json: bool) -> int:
-    """Wait for a batch with a progress bar of its lines; print how it ended; its exit code."""
+def follow(
+    settings: Settings, batch_id: str, timeout: float | None, poll: float, as_json: bool, quiet: bool = False
+) -> int:
+    """Wait for a batch with a progress bar of its lines; print how it ended (nothing when ``quiet``);
+    its exit code."""
     from tqdm import tqdm
 
     from inferq.client import WaitTimeout
@@ -773,7 +776,7 @@ def follow(settings: Settings, batch_id: str, timeout: float | None, poll: float
             return EXIT_INTERRUPTED
     if as_json:
         echo_json(batch)
-    else:
+    elif not quiet:
         click.echo("\n".join(batch_summary(batch)))
     return BATCH_EXIT.get(batch["status"], EXIT_ERROR)
 
@@ -813,6 +816,9 @@ def wait_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--wait", is_flag=True, help="Follow the batch to its end with a progress bar.")
 @wait_options
 @json_option("Print the batch as JSON (the final one with --wait).")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="Print only the batch id (the exit code says how it ended)."
+)
 @click.pass_obj
 def submit(
     settings: Settings,
@@ -825,6 +831,7 @@ def submit(
     timeout: float | None,
     poll: float,
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Upload a JSONL file and run a batch over it.
 
@@ -843,7 +850,7 @@ def submit(
         elif not client.models.list(name=model, limit=1)["total"]:
             raise click.ClickException(f"no model named {model!r} (inferq models list)")
     file = upload_with_bar(settings, path)
-    if not as_json:
+    if not (as_json or quiet):
         click.echo(f"uploaded {file['filename']} ({file['bytes']} bytes) as file {file['id']}", err=True)
     try:
         batch = client.batches.create(model, file["id"], version, meta, idempotency_key)
@@ -854,12 +861,17 @@ def submit(
     if not wait:
         if as_json:
             echo_json(batch)
+        elif quiet:
+            click.echo(batch["id"])
         else:
             click.echo(f"batch {batch['id']} {batch['status']}; follow it: inferq batches wait {batch['id']}")
         return
-    if not as_json:
+    if not (as_json or quiet):
         click.echo(f"batch {batch['id']} {batch['status']}", err=True)
-    sys.exit(follow(settings, batch["id"], timeout, poll, as_json))
+    code = follow(settings, batch["id"], timeout, poll, as_json, quiet)
+    if quiet:
+        click.echo(batch["id"])
+    sys.exit(code)
 
 
 @main.command("results")

@@ -212,6 +212,7 @@ class Stack:
                 deploy(session, model, self.settings.gpus, services.triton)
                 where = ", ".join(f"gpu {d.gpu}: {d.status}" for d in model.deployments)
                 self.say(f"model      {model.name} v{model.version} {model.status} ({where})")
+        services.cache.invalidate()  # readers must not see the previous run's deployments
 
     # -- platform -------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -122,3 +123,27 @@ def test_registry_works_without_redis(stack: Stack, redis_state: str, request: A
         stack.client().get(f"/v1/models/{model_id}", headers=stack.auth()).get_json()["description"]
         == "changed"
     )
+
+
+def test_the_launchers_start_up_writes_invalidate_the_cache(stack: Stack, tmp_path: Path) -> None:
+    """``inferq up`` registers and deploys models/ at start; a cached read from before (the previous
+    run) must not outlive it."""
+    import dataclasses
+
+    from launcher.stack import Stack as LocalStack
+    from registry.models import get_model_version
+
+    with stack.services.db.session() as session:
+        model = get_model_version(session, "digits", "1")
+        assert model is not None
+        model_id = model.id
+    before = stack.client().get(f"/v1/models/{model_id}", headers=stack.auth()).get_json()  # cached now
+    launcher = LocalStack(dataclasses.replace(stack.settings, data_dir=str(tmp_path)), say=lambda _: None)
+    with stack.services.db.session() as session:
+        model = get_model_version(session, "digits", "1")
+        assert model is not None
+        model.description = "changed by a previous run"
+    launcher.deploy_models(stack.services)  # registers (digits exists) and deploys again
+    after = stack.client().get(f"/v1/models/{model_id}", headers=stack.auth()).get_json()
+    assert before["description"] != after["description"] == "changed by a previous run"
+    assert {d["status"] for d in after["deployments"]} == {"ready"}

@@ -65,3 +65,18 @@ def test_as_env_round_trips() -> None:
 def test_gpu_queue_names() -> None:
     assert gpu_queue(3) == "gpu.3" and gpu_of_queue("gpu.3") == 3
     assert gpu_of_queue("control") is None and gpu_of_queue("gpu.x") is None
+
+
+def test_settings_mask_url_passwords() -> None:
+    settings = Settings(
+        redis_url="redis://:redis-pw@cache:6379/0",
+        broker_url="amqp://user:amqp-pw@rabbit:5672//",
+        database_url="postgresql://inferq:pg-pw@db:5432/inferq",
+        s3_secret_key="s3-pw",
+        triton_urls={0: "http://t:triton-pw@triton:8000", 1: "http://triton1:8000"},
+    )
+    text = settings.describe()
+    for secret in ("redis-pw", "amqp-pw", "pg-pw", "s3-pw", "triton-pw"):
+        assert secret not in text
+    assert "INFERQ_DATABASE_URL=postgresql://inferq:***@db:5432/inferq" in text
+    assert "INFERQ_BROKER_URL=amqp://user:***@rabbit:5672//" in text

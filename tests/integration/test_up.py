@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -103,6 +104,14 @@ def test_up_serves_and_ctrl_c_stops_everything(tmp_path: Path, redis_url: str) -
         assert response.json()["parameters"]["queue"] in {"gpu.0", "gpu.1"}
         ready = requests.get(f"{base}/readyz", timeout=10)
         assert ready.status_code == 200, ready.text
+        assert ready.json() == {"status": "ready"}  # the details need an admin key
+
+        # What the stack wrote is its owner's alone; the S3 key is on no command line.
+        data = tmp_path / "data"
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        for private in (data / "dev-api-key", data / "inferq.db", *sorted((data / "logs").iterdir())):
+            assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
+        assert not any("inferq-secret" in cmdline(pid) for pid in descendants(up.pid))
 
         # A worker that dies (SIGKILL) is started again; the stack does not stop.
         [worker] = [pid for pid in descendants(up.pid) if "-Q gpu.0" in cmdline(pid)]

@@ -25,6 +25,7 @@ from tasks import pipeline
 from tasks.pipeline import PipelineError
 from webapp import celery_app, services, v2_codec
 from webapp.auth import authenticate_request, current_principal
+from webapp.bodies import read_body
 from webapp.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -228,9 +229,8 @@ def infer(name: str, version: str | None = None) -> Response:
     task, which runs on (``GET /v1/tasks/{id}``).
     """
     settings = services().settings
-    raw = v2_codec.decompress(
-        request.get_data(cache=False), request.headers.get("Content-Encoding"), settings.max_request_bytes
-    )
+    raw = read_body(request, settings.max_request_bytes, settings.api_read_timeout)  # 413, 408
+    raw = v2_codec.decompress(raw, request.headers.get("Content-Encoding"), settings.max_request_bytes)
     header, binary = v2_codec.split_body(raw, request.headers.get(v2_codec.HEADER_LENGTH))
     decoded = v2_codec.decode_request(header, binary)
     timeout = settings.sync_timeout_max

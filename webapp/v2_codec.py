@@ -26,6 +26,7 @@ import numpy as np
 from inferq.tensors import NUMPY_DTYPES
 from registry.signatures import Problem
 from tasks.pipeline import PipelineError, invalid
+from webapp.bodies import MAX_JSON_DEPTH, json_depth_exceeds
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # Request parameters of Triton features inferq does not offer: refused rather than ignored.
@@ -108,6 +109,8 @@ def split_body(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], m
         raw = raw[:length]
     if not raw:
         raise _bad("/", "the request body is empty; send a JSON object")
+    if json_depth_exceeds(raw):
+        raise _bad("/", f"the request header nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         header = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -305,3 +305,23 @@ def test_readme_triton_client_example_runs_as_printed(stack: Stack, api_url: str
     assert lines[0] == "True True", result.stdout
     assert "'name': 'input', 'datatype': 'FP32', 'shape': [-1, 64]" in lines[1], result.stdout
     assert lines[-1] == "[0]", result.stdout
+
+
+def test_bodies_over_the_limit_are_413_inflated_or_not(stack: Stack) -> None:
+    import dataclasses
+    import gzip
+
+    from webapp import create_app
+
+    app = create_app(dataclasses.replace(stack.settings, max_request_bytes=4096))
+    try:
+        client, url = app.test_client(), "/v2/models/digits/infer"
+        body = {"inputs": [{"name": "input", "shape": [16, 64], "datatype": "FP32", "data": [0.0] * 1024}]}
+        raw = json.dumps(body).encode()
+        for data, headers in ((raw, {}), (gzip.compress(raw), {"Content-Encoding": "gzip"})):
+            response = client.post(url, data=data, headers={**auth(stack), **headers})
+            assert response.status_code == 413 and list(response.get_json()) == ["error"], response.data
+        response = client.post(url, data=b"x", headers={**auth(stack), "Content-Encoding": "br"})
+        assert response.status_code == 415 and list(response.get_json()) == ["error"]
+    finally:
+        app.extensions["inferq"].close()

@@ -158,7 +158,10 @@ def test_bad_header_lengths_are_400(length: str) -> None:
     assert exc.value.status == 400
 
 
-@pytest.mark.parametrize("raw", [b"", b"{nope", b"[1, 2]", b"\xff\xfe", b"[" * 100_000])
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"{nope", b"[1, 2]", b"\xff\xfe", b"[" * 100_000, b'{"inputs": ' + b"[" * 40 + b"]" * 40 + b"}"],
+)
 def test_headers_that_are_not_a_json_object_are_400(raw: bytes) -> None:
     with pytest.raises(PipelineError) as exc:
         v2_codec.split_body(raw, None)

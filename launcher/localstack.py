@@ -102,6 +102,7 @@ class ManagedProcess:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             # Logs can hold task arguments and errors: the owner's only (0600 from creation).
             fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.fchmod(fd, 0o600)  # one an older version left readable, too
             stdout = os.fdopen(fd, "ab")
         self.popen = subprocess.Popen(
             list(self.argv),

@@ -7,8 +7,9 @@ Run against a running stack (``inferq up``):
 /v1 is sent as its users do (``requests``, JSON); /v2 and Triton direct with unmodified
 ``tritonclient.http`` code, JSON or binary both ways, the only difference between the two being
 the URL and the Authorization header. Every path gets the same rows, request count and client
-concurrency in one run, each answer is checked, and the report is a Markdown table of latency
-percentiles and throughput. Loopback only, bounded (``--requests`` per row, 30 s per request).
+concurrency in one run, taking turns in rounds (so background load falls on all alike); each
+answer is checked, and the report is a Markdown table of latency percentiles and throughput.
+Loopback only, bounded (``--requests`` per row, 30 s per request).
 """
 
 from __future__ import annotations
@@ -80,7 +81,10 @@ def paths(args: argparse.Namespace, rows: np.ndarray) -> list[Route]:
                 httpclient.InferRequestedOutput(name, binary_data=binary)
                 for name in ("label", "probabilities")
             ]
-            result = client.infer("digits", [item], outputs=outputs, headers=headers if with_key else None)
+            # tritonclient writes Inference-Header-Content-Length into the dict it is given: a copy.
+            result = client.infer(
+                "digits", [item], outputs=outputs, headers=dict(headers) if with_key else None
+            )
             label: np.ndarray = result.as_numpy("label")
             return label
 
@@ -101,24 +105,28 @@ def paths(args: argparse.Namespace, rows: np.ndarray) -> list[Route]:
     ]
 
 
-def run(path: Route, expected: np.ndarray, count: int, concurrency: int) -> dict[str, float]:
-    def warm(_: int) -> None:  # one connection per client thread, caches warm
-        np.testing.assert_array_equal(path.send(), expected)
+def run(
+    pool: ThreadPoolExecutor, path: Route, expected: np.ndarray, count: int, concurrency: int
+) -> tuple[list[float], float]:
+    """``count`` requests from ``concurrency`` client threads (each keeps its connection from one
+    round to the next): each one's latency (ms), and the wall time."""
 
     def worker(_: int) -> list[float]:
         timings = []
-        for _ in range(count // concurrency):
+        for _ in range(max(1, count // concurrency)):
             started = time.perf_counter()
             labels = path.send()
             timings.append((time.perf_counter() - started) * 1000)
             np.testing.assert_array_equal(labels, expected)
         return timings
 
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(warm, range(concurrency)))
-        started = time.perf_counter()
-        timings = [t for chunk in pool.map(worker, range(concurrency)) for t in chunk]
-        elapsed = time.perf_counter() - started
+    list(pool.map(lambda _: path.send(), range(concurrency)))  # connections open, caches warm
+    started = time.perf_counter()
+    timings = [t for chunk in pool.map(worker, range(concurrency)) for t in chunk]
+    return timings, time.perf_counter() - started
+
+
+def figures(timings: list[float], elapsed: float) -> dict[str, float]:
     quantiles = statistics.quantiles(timings, n=100)
     return {"p50": quantiles[49], "p95": quantiles[94], "p99": quantiles[98], "rps": len(timings) / elapsed}
 
@@ -131,8 +139,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help="per row of the table (at most 5000)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--rounds", type=int, default=5, help="turns the paths take at each row")
     args = parser.parse_args()
     args.requests = max(1, min(args.requests, 5000))
+    args.rounds = max(1, min(args.rounds, args.requests))
 
     print("| rows | clients | path | p50 ms | p95 ms | p99 ms | req/s |")
     print("| ---: | ---: | --- | ---: | ---: | ---: | ---: |")
@@ -141,10 +151,20 @@ def main() -> None:
         for concurrency in args.concurrency:
             routes = paths(args, data)
             expected = routes[0].send()  # what Triton computes for these rows: every answer is checked
-            for path in routes:
-                figures = run(path, expected, args.requests, concurrency)
-                cells = [f"{figures[k]:.1f}" for k in ("p50", "p95", "p99")] + [f"{figures['rps']:.0f}"]
-                print(f"| {rows} | {concurrency} | {path.label} | {' | '.join(cells)} |", flush=True)
+            # The paths take turns, round after round, so a change in the machine's background load
+            # falls on all of them alike.
+            timings: dict[str, list[float]] = {route.label: [] for route in routes}
+            elapsed = dict.fromkeys(timings, 0.0)
+            with ThreadPoolExecutor(concurrency) as pool:
+                for _ in range(args.rounds):
+                    for route in routes:
+                        taken, seconds = run(pool, route, expected, args.requests // args.rounds, concurrency)
+                        timings[route.label] += taken
+                        elapsed[route.label] += seconds
+            for route in routes:
+                result = figures(timings[route.label], elapsed[route.label])
+                cells = [f"{result[k]:.1f}" for k in ("p50", "p95", "p99")] + [f"{result['rps']:.0f}"]
+                print(f"| {rows} | {concurrency} | {route.label} | {' | '.join(cells)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The test command: install what is missing (dev tools, redis-server, PostgreSQL), lint, run every test.
-# Integration tests start their own Redis, S3 server, Triton and Celery workers on free ports, and
-# use the PostgreSQL at INFERQ_TEST_POSTGRES_URL (default postgres@127.0.0.1:5432) for a fresh database.
+# The test command: install what is missing (dev tools, redis-server, PostgreSQL, RabbitMQ), lint, run
+# every test. Integration tests start their own Redis, S3 server, Triton and Celery workers on free ports,
+# use the PostgreSQL at INFERQ_TEST_POSTGRES_URL (default postgres@127.0.0.1:5432) for a fresh database,
+# and the RabbitMQ at INFERQ_TEST_AMQP_URL (default guest@127.0.0.1:5672) for the RabbitMQ broker tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh --dev
@@ -20,6 +21,17 @@ if [ -z "${INFERQ_TEST_POSTGRES_URL:-}" ] && ! tcp_open 127.0.0.1 5432; then
   # A password for TCP logins, used only by the tests on this machine.
   $SUDO su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\""
   export INFERQ_TEST_POSTGRES_URL="postgresql://postgres:postgres@127.0.0.1:5432/postgres"
+fi
+
+if [ -z "${INFERQ_TEST_AMQP_URL:-}" ] && ! tcp_open 127.0.0.1 5672; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  if ! command -v rabbitmq-server >/dev/null; then
+    echo "test: installing RabbitMQ for the broker tests ..."
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq rabbitmq-server >/dev/null
+  fi
+  $SUDO rabbitmq-server -detached 2>/dev/null || true
+  for _ in $(seq 1 60); do tcp_open 127.0.0.1 5672 && break; sleep 1; done
 fi
 
 .venv/bin/ruff check .

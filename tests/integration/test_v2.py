@@ -61,6 +61,18 @@ def auth(stack: Stack, key: str | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {key or stack.user_key}"}
 
 
+def registered_only(stack: Stack) -> str:
+    """A model registered and never deployed (other tests deploy the repository's iris)."""
+    import uuid
+
+    name = f"v2-idle-{uuid.uuid4().hex[:8]}"
+    spec = {"name": "x", "datatype": "FP32", "shape": [-1, 4]}
+    body = {"name": name, "version": "1", "inputs": [spec], "outputs": [{**spec, "name": "y"}]}
+    response = stack.client().post("/v1/models", json=body, headers=auth(stack, stack.admin_key))
+    assert response.status_code == 201, response.get_data(as_text=True)
+    return name
+
+
 @pytest.mark.parametrize("binary_out", [True, False, None], ids=["out-binary", "out-json", "out-default"])
 @pytest.mark.parametrize("binary_in", [True, False], ids=["in-binary", "in-json"])
 def test_infer_matches_triton_direct(
@@ -128,15 +140,23 @@ def test_health_and_metadata_as_triton_answers(
         assert inferq.is_model_ready("digits", version, headers=headers)
         assert direct.is_model_ready("digits", version)
     assert not inferq.is_model_ready("nope", headers=headers) and not direct.is_model_ready("nope")
-    assert not inferq.is_model_ready("iris", headers=headers)  # registered, not deployed
+    idle = registered_only(stack)
+    assert not inferq.is_model_ready(idle, headers=headers) and not inferq.is_model_ready(
+        idle, "1", headers=headers
+    )
 
     ours, theirs = inferq.get_model_metadata("digits", headers=headers), direct.get_model_metadata("digits")
     for key in ("name", "versions", "inputs", "outputs"):
         assert ours[key] == theirs[key], key
     assert ours["platform"] == "onnxruntime_onnx"  # what production Triton reports for models/digits
     assert inferq.get_model_metadata("digits", "1", headers=headers)["inputs"] == theirs["inputs"]
-    iris = inferq.get_model_metadata("iris", "1", headers=headers)  # not deployed: still described
-    assert iris["name"] == "iris" and iris["inputs"][0]["datatype"] == "FP32"
+    described = inferq.get_model_metadata(idle, "1", headers=headers)  # not deployed: still described
+    assert described["name"] == idle and described["inputs"] == [
+        {"name": "x", "datatype": "FP32", "shape": [-1, 4]}
+    ]
+    with pytest.raises(InferenceServerException) as exc:  # no version named, none ready
+        inferq.get_model_metadata(idle, headers=headers)
+    assert_triton_error(exc.value, 409, idle)
 
     config, real = inferq.get_model_config("digits", headers=headers), direct.get_model_config("digits")
     assert config["name"] == real["name"] and config["max_batch_size"] == real["max_batch_size"]
@@ -273,7 +293,7 @@ def test_answers_match_the_openapi_document(stack: Stack) -> None:
     response = client.post("/v2/models/digits/infer", json=body, headers=headers)
     assert response.status_code == 200 and response.mimetype == "application/json"
     assert_matches("V2InferResponse", response.get_json())
-    for path in ("/v2/models/nope", "/v2/models/iris/config"):
+    for path in ("/v2/models/nope", f"/v2/models/{registered_only(stack)}/config"):
         assert_matches("TritonError", client.get(path, headers=headers).get_json())
     assert_matches(
         "TritonError", client.post("/v2/models/digits/infer", data=b"[", headers=headers).get_json()

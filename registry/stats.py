@@ -201,8 +201,8 @@ def _summary(counts: Mapping[str, Any]) -> dict[str, Any]:
         "requests": requests,
         "errors": errors,
         "error_rate": round(errors / requests, 6) if requests else 0.0,
-        "attempts": counts["attempts"],
-        "failed_attempts": counts["failed_attempts"],
+        "attempts": counts.get("attempts", 0),
+        "failed_attempts": counts.get("failed_attempts", 0),
         "latency_ms": latency,
     }
 

@@ -29,5 +29,7 @@ def test_no_traffic() -> None:
         "requests": 0,
         "errors": 0,
         "error_rate": 0.0,
+        "attempts": 0,
+        "failed_attempts": 0,
         "latency_ms": {"mean": None, "p50": None, "p95": None, "p99": None},
     }

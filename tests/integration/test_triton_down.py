@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,10 @@ def test_dead_triton_gives_503_a_failed_task_then_an_open_breaker(stack: Stack, 
         assert task["status"] == "failed" and task["error"]["code"] == "backend_unavailable"
         log = gpu.worker.log_tail(200)
         assert log.count("Retry in") == 3, log  # three retries, then the failure
+        deadline = time.monotonic() + 10  # written just after the outcome that woke the request
+        while "breaker open" not in log and time.monotonic() < deadline:
+            time.sleep(0.1)
+            log = gpu.worker.log_tail(200)
         assert "breaker open" in log
 
         # The breaker is shared through Redis: the API now fails fast, queueing nothing.

@@ -107,7 +107,7 @@ def test_killed_worker_task_is_run_again(stack: Stack, tmp_path: Path) -> None:
             ).start()
             wait_for_workers(gpu.settings, ["gpu.3"], {"gpu.3": replacement})
 
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 120  # restored after 5 s; slow only on a loaded machine
             task: dict[str, Any] = {}
             while time.monotonic() < deadline:
                 task = client.get(location, headers=stack.auth()).get_json()

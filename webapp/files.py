@@ -193,7 +193,7 @@ def page_limit() -> int | None:
     raw = request.args.get("limit")
     if raw is None:
         return None
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 100:  # "²" is a digit, not an int
         raise invalid([Problem("?limit", "must be an integer from 1 to 100")], "Invalid query parameters")
     return int(raw)
 

@@ -22,6 +22,7 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 MAX_LIMIT = 100
+MAX_LABELS = 64
 
 
 class ModelLabel(Base):
@@ -276,6 +277,8 @@ def validate_model_fields(body: Any, *, partial: bool) -> tuple[dict[str, Any], 
         labels = body["labels"]
         if not isinstance(labels, dict):
             problems.append(Problem("/labels", "must be an object of string keys and values"))
+        elif len(labels) > MAX_LABELS:
+            problems.append(Problem("/labels", f"at most {MAX_LABELS} labels per model"))
         else:
             for key, value in labels.items():
                 if not LABEL_KEY.match(key):

@@ -40,3 +40,18 @@ def test_weight_validation() -> None:
         assert [p.pointer for p in problems] == ["/traffic_weight"], bad
     values, problems = validate_model_fields({"traffic_weight": None}, partial=True)
     assert problems == [] and values == {"traffic_weight": None}
+
+
+def test_a_model_has_at_most_64_labels() -> None:
+    from registry.models import MAX_LABELS
+
+    body = {
+        "name": "m",
+        "version": "1",
+        "triton_name": "m",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]}],
+        "labels": {f"k{i}": "v" for i in range(5000)},
+    }
+    _, problems = validate_model_fields(body, partial=False)
+    assert [p.pointer for p in problems] == ["/labels"] and str(MAX_LABELS) in problems[0].detail

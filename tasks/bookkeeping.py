@@ -194,14 +194,30 @@ class TaskBook:
     def add_retrying(self, pipe: Any, task_id: str, note: TaskError) -> None:
         pipe.hset(RECORD_KEY.format(task_id), mapping={"status": "running", "note": _dumps(note)})
 
-    def add_outcome(self, pipe: Any, task_id: str, outcome: Outcome, stashed: bool = True) -> None:
+    def add_outcome(
+        self,
+        pipe: Any,
+        task_id: str,
+        outcome: Outcome,
+        stashed: bool = True,
+        owner: dict[str, str] | None = None,
+    ) -> None:
         """Store the outcome in the record (a retry's note is overwritten) and hand it to the waiting
-        request; drop the stashed inputs (``stashed``: the task had some)."""
+        request; drop the stashed inputs (``stashed``: the task had some).
+
+        ``owner`` (tenant, model, version) is written again with it, so the record is whole even
+        when Redis lost it meanwhile (FLUSHDB, a restart without persistence): the owner still
+        gets the outcome, and no one else."""
         record = RECORD_KEY.format(task_id)
         encoded = _dumps(outcome)
         status = "succeeded" if outcome["state"] == "SUCCESS" else "failed"
-        fields = {"status": status, "outcome": encoded, "done": f"{time.time():.3f}", "note": ""}
+        now = f"{time.time():.3f}"
+        fields = {"status": status, "outcome": encoded, "done": now, "note": ""}
+        if owner and owner.get("tenant"):
+            fields = {**owner, **fields}
+            pipe.hsetnx(record, "created", now)  # only when the record was lost
         pipe.hset(record, mapping=fields)
+        pipe.expire(record, self.ttl)
         if stashed:
             pipe.delete(PAYLOAD_KEY.format(task_id))
         wake = WAKE_KEY.format(task_id)

@@ -169,7 +169,7 @@ def infer_message(model: ResolvedModel, outputs: list[str] | None, batch: Sequen
     """The task message of ``batch`` (requests of one model version asking for the same outputs)."""
     requests: list[InferRequest] = []
     for pending in batch:
-        request: InferRequest = {"task_id": pending.task_id, "id": pending.id}
+        request: InferRequest = {"task_id": pending.task_id, "id": pending.id, "tenant": pending.tenant}
         if pending.inputs is not None:
             request["inputs"] = pending.inputs
         requests.append(request)

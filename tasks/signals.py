@@ -33,6 +33,19 @@ def _queue(task: Task) -> str:
     return str((task.request.delivery_info or {}).get("routing_key", ""))
 
 
+def _owner(args: Any, request: InferRequest) -> dict[str, str] | None:
+    """Who owns a request's task, as its message says (None for messages without it)."""
+    try:
+        message = args[0]
+        return {
+            "tenant": request["tenant"],
+            "model": message["model_name"],
+            "version": message["model_version"],
+        }
+    except (IndexError, KeyError, TypeError):
+        return None
+
+
 def _requests(args: Any) -> list[InferRequest]:
     try:
         return list(args[0]["requests"])
@@ -103,11 +116,15 @@ def _attempt_ended(
                     services.tasks.add_retrying(pipe, request["task_id"], note)
             elif state == states.SUCCESS and outcomes is not None:
                 for request, outcome in zip(requests, outcomes, strict=True):
-                    services.tasks.add_outcome(pipe, request["task_id"], outcome, "inputs" not in request)
+                    services.tasks.add_outcome(
+                        pipe, request["task_id"], outcome, "inputs" not in request, _owner(args, request)
+                    )
             elif state == states.FAILURE:
                 failed: Outcome = {"state": "FAILURE", "error": describe_error(retval)}
                 for request in requests:
-                    services.tasks.add_outcome(pipe, request["task_id"], failed, "inputs" not in request)
+                    services.tasks.add_outcome(
+                        pipe, request["task_id"], failed, "inputs" not in request, _owner(args, request)
+                    )
             elif state == states.RETRY:
                 note = {"code": "retrying", "message": str(getattr(retval, "exc", retval) or "")}
                 for request in requests:
@@ -132,7 +149,8 @@ def _revoked(sender: Any = None, request: Any = None, expired: bool = False, **_
     try:
         with services.redis.pipeline(transaction=False) as pipe:
             for item in _requests(getattr(request, "args", None)):
-                services.tasks.add_outcome(pipe, item["task_id"], outcome, "inputs" not in item)
+                owner = _owner(getattr(request, "args", None), item)
+                services.tasks.add_outcome(pipe, item["task_id"], outcome, "inputs" not in item, owner)
             pipe.execute()
     except RedisError as exc:
         log.warning("task %s: expiry not recorded: %s", getattr(request, "id", "?"), exc)

@@ -44,6 +44,7 @@ class InferRequest(TypedDict):
 
     task_id: str
     id: str | None
+    tenant: NotRequired[str]  # the owner, so the outcome's record is whole even if Redis lost it
     inputs: NotRequired[list[Tensor]]
 
 

@@ -4,6 +4,7 @@ later requests are neither dropped nor left hanging, and the platform serves aga
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +26,42 @@ def test_after_flushdb_requests_are_delivered_and_answered(stack: Stack) -> None
         for _ in range(6)
     ]
     assert statuses == [200] * 6, statuses
+
+
+def test_a_task_in_flight_when_redis_loses_its_data_still_reaches_its_owner(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Its record and wake-up are written again with the outcome: the owner gets the result, and
+    another tenant still gets 404."""
+    from tests.fixtures import extra_gpu
+    from tests.integration.test_infer import poll_task
+    from tests.integration.test_worker_killed import HoldingProxy
+
+    host, port = stack.settings.triton_urls[0].split("//")[1].split(":")
+    proxy = HoldingProxy((host, int(port)))
+    try:
+        with extra_gpu(stack, tmp_path, 4, f"http://127.0.0.1:{proxy.port}") as gpu:
+            client = gpu.app.test_client()
+            response = client.post(
+                f"/v1/models/{gpu.model}/infer",
+                json=BODY,
+                headers={**stack.auth(), "Prefer": "respond-async"},
+            )
+            assert response.status_code == 202
+            location = response.headers["Location"]
+            assert proxy.held.wait(30), "the task never reached Triton"
+            stack.services.redis.flushdb()  # the record, the queue, everything
+            assert client.get(location, headers=stack.auth()).status_code == 404
+            proxy.release.set()
+            deadline = time.monotonic() + 30  # 404 until the outcome writes the record again
+            while client.get(location, headers=stack.auth()).status_code == 404:
+                assert time.monotonic() < deadline, "the outcome never reached its owner"
+                time.sleep(0.1)
+            task = poll_task(stack, location)
+            assert task["status"] == "succeeded" and task["result"]["outputs"][0]["data"] == [4], task
+            assert task["model"] == gpu.model
+            other = client.get(location, headers=stack.auth(stack.other_tenant_key))
+            assert other.status_code == 404, "and still nobody else's"
+            assert stack.services.redis.ttl(f"inferq:task:{location.rsplit('/', 1)[1]}") > 0
+    finally:
+        proxy.close()

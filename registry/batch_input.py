@@ -15,10 +15,16 @@ those an editor shows.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import orjson
+
+from inferq.tensors import DATATYPES, NUMPY_DTYPES
 from registry.signatures import CheckedTensor, TensorSpec, check_inference_request
 
 MAX_CUSTOM_ID = 256
@@ -51,6 +57,8 @@ class BatchRequest:
     inputs: list[CheckedTensor]
     outputs: list[str] | None
     parameters: dict[str, Any] | None
+    # False: read by :func:`quick_line`, whose data values :func:`confirm_values` still checks.
+    confirmed: bool = True
 
 
 @dataclass(frozen=True)
@@ -84,18 +92,68 @@ def parse_line(
     (even when that line's inputs are invalid) and any later line with it is a
     ``duplicate_custom_id``.
     """
+    head = _read_head(raw, line, max_line_bytes)
+    if head is None or isinstance(head, LineError):
+        return head
+    body, custom_id = head
+    if custom_id in seen:
+        return duplicate_error(line, custom_id)
+    seen.add(custom_id)
+    return _check_body(body, line, custom_id, inputs, outputs)
+
+
+def claim_line(raw: bytes, line: int, seen: set[str], max_line_bytes: int) -> LineError | str | None:
+    """What the planner needs of input line ``line``: None for a blank line, the
+    :class:`LineError` of a line without a usable custom_id (or a ``duplicate_custom_id``),
+    else its custom_id, now claimed in ``seen``.
+
+    The inputs are not checked here (the chunk that runs the line checks them, with
+    :func:`recheck_line`): a line is parsed once on each side, and a well-formed custom_id
+    is claimed by its first line whatever its inputs, exactly as :func:`parse_line` does.
+    """
+    head = _read_head(raw, line, max_line_bytes)
+    if head is None or isinstance(head, LineError):
+        return head
+    custom_id = head[1]
+    if custom_id in seen:
+        return duplicate_error(line, custom_id)
+    seen.add(custom_id)
+    return custom_id
+
+
+# Integer literals of 19 digits and more may not fit 64 bits: orjson reads them as floats where
+# the json module keeps Python ints, so such lines take the json module's path.
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
+
+def load_json(raw: bytes) -> Any:
+    """``json.loads(raw.decode("utf-8-sig"))``, faster: orjson when it reads the line the same way.
+
+    Raises what that would (UnicodeDecodeError, ValueError): whatever orjson refuses (a byte
+    order mark, NaN, lone surrogates, huge numbers...) goes through the json module.
+    """
+    if not _LONG_DIGITS.search(raw):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw.decode("utf-8-sig"))  # a byte order mark may start the file
+
+
+def _read_head(raw: bytes, line: int, max_line_bytes: int) -> tuple[dict[str, Any], str] | LineError | None:
+    # Blank (None), not a request with a usable custom_id (LineError), else (body, custom_id).
     if _content_length(raw) > max_line_bytes:
         return LineError(line, LINE_TOO_LONG, f"the line is longer than {max_line_bytes} bytes")
     if not raw.strip():
         return None
     try:
-        text = raw.decode("utf-8-sig")  # a byte order mark may start the file
+        body = load_json(raw)
     except UnicodeDecodeError:
         return LineError(line, INVALID_JSON, "the line is not UTF-8 text")
-    try:
-        body = json.loads(text)
     except ValueError as exc:
         return LineError(line, INVALID_JSON, f"the line is not valid JSON: {exc}")
+    except RecursionError:
+        return LineError(line, INVALID_JSON, "the line's JSON is nested too deeply")
     if not isinstance(body, dict):
         return LineError(line, INVALID_JSON, "the line must be a JSON object with custom_id and inputs")
     custom_id = body.get("custom_id")
@@ -105,9 +163,16 @@ def parse_line(
         return LineError(
             line, INVALID_CUSTOM_ID, f"custom_id must be a string of 1 to {MAX_CUSTOM_ID} characters"
         )
-    if custom_id in seen:
-        return duplicate_error(line, custom_id)
-    seen.add(custom_id)
+    return body, custom_id
+
+
+def _check_body(
+    body: dict[str, Any],
+    line: int,
+    custom_id: str,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+) -> BatchRequest | LineError:
     problems = [
         f"/{key}: unknown field; allowed: {', '.join(LINE_FIELDS)}" for key in body if key not in LINE_FIELDS
     ]
@@ -122,6 +187,69 @@ def parse_line(
         message = shown + (f" (and {more} more)" if more > 0 else "")
         return LineError(line, INVALID_INPUT, message, custom_id)
     return BatchRequest(line, custom_id, checked, requested, parameters)
+
+
+def quick_line(
+    raw: bytes, line: int, inputs: Sequence[TensorSpec], max_line_bytes: int
+) -> BatchRequest | None:
+    """A chunk's fast path: the request of a line of the plain form (``custom_id`` and ``inputs``
+    only, each input's name, datatype and shape as the signature says, ``data`` a flat list of
+    the right length, no ``true``/``false`` anywhere), with its data values not yet checked
+    (``confirmed`` False: :func:`confirm_values` checks the values of many lines at once).
+    None for any other line, which :func:`recheck_line` then reads as before.
+    """
+    if b"true" in raw or b"false" in raw:  # bools would hide in a micro-batch's numeric array
+        return None
+    head = _read_head(raw, line, max_line_bytes)
+    if head is None or isinstance(head, LineError):
+        return None
+    body, custom_id = head
+    tensors = body.get("inputs")
+    if len(body) != 2 or not isinstance(tensors, list) or len(tensors) != len(inputs) or not inputs:
+        return None
+    checked = []
+    for tensor, spec in zip(tensors, inputs, strict=True):
+        if not isinstance(tensor, dict) or len(tensor) != 4 or tensor.get("name") != spec.name:
+            return None
+        shape, data = tensor.get("shape"), tensor.get("data")
+        if tensor.get("datatype") != spec.datatype or spec.datatype in ("BYTES", "BOOL"):
+            return None
+        if not isinstance(shape, list) or not isinstance(data, list) or not spec.accepts_shape(shape):
+            return None
+        if not all(type(d) is int and d >= 0 for d in shape) or len(data) != math.prod(shape) or not data:
+            return None
+        checked.append(CheckedTensor(spec.name, spec.datatype, tuple(shape), data))
+    return BatchRequest(line, custom_id, checked, None, None, confirmed=False)
+
+
+def confirm_values(requests: Sequence[BatchRequest]) -> bool:
+    """Whether the data values of these :func:`quick_line` requests (one merge key: the same
+    inputs and per-row shapes) pass the signature check, tested on all lines' values at once.
+
+    True only when each line alone would pass: numbers only (no bools: quick_line sees to
+    that), of a kind the datatype accepts, finite, in its range. False says only that some
+    line may not: recheck the lines one by one for their exact verdicts.
+    """
+    if not requests:
+        return True
+    for position, first in enumerate(requests[0].inputs):
+        try:
+            values = np.asarray([request.inputs[position].data for request in requests])
+        except (ValueError, TypeError, OverflowError):
+            return False
+        if (
+            values.ndim != 2
+            or values.dtype.kind not in DATATYPES[first.datatype]
+            or values.dtype.kind not in "iuf"
+        ):
+            return False
+        if not np.all(np.isfinite(values)):
+            return False
+        target = np.dtype(NUMPY_DTYPES[first.datatype])
+        limits = np.finfo(target) if target.kind == "f" else np.iinfo(target)
+        if values.min() < limits.min or values.max() > limits.max:
+            return False
+    return True
 
 
 def duplicate_error(line: int, custom_id: str) -> LineError:
@@ -179,9 +307,19 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode() + b"\n"
 
 
-def output_line(custom_id: str, outputs: Sequence[dict[str, Any]]) -> bytes:
-    """A line of the output file: ``{"custom_id", "outputs"}`` (ValueError for NaN or infinite values)."""
-    return _dumps({"custom_id": custom_id, "outputs": list(outputs)})
+def output_line(custom_id: str, outputs: Sequence[dict[str, Any]], finite: bool = False) -> bytes:
+    """A line of the output file: ``{"custom_id", "outputs"}`` (ValueError for NaN or infinite values).
+
+    ``finite``: the caller knows every number is finite, so orjson may write it (it writes
+    NaN as null instead of refusing it); anything orjson refuses goes through the json module.
+    """
+    value = {"custom_id": custom_id, "outputs": list(outputs)}
+    if finite:
+        try:
+            return orjson.dumps(value) + b"\n"
+        except orjson.JSONEncodeError:
+            pass
+    return _dumps(value)
 
 
 def error_line(custom_id: str | None, code: str, message: str, line: int | None = None) -> bytes:

@@ -591,6 +591,10 @@ def complete_chunk(
     batch_id = session.scalar(select(Chunk.batch_id).where(Chunk.id == chunk_id))
     if batch_id is None:
         return False
+    # The batch row first (PostgreSQL; SQLite locks the whole database anyway), as cancel_batch
+    # does: a chunk completing while its batch is cancelled must not hold the chunk's row while
+    # waiting for the batch's, the order that deadlocks against the cancel.
+    session.execute(select(Batch.id).where(Batch.id == batch_id).with_for_update())
     flipped = session.execute(
         update(Chunk)
         .where(
@@ -619,6 +623,16 @@ def complete_chunk(
     )
     _expire(session, Batch, batch_id)
     return True
+
+
+def all_counted(session: Session, batch_id: str) -> bool:
+    """Whether the batch's counters add up to its total: every request line has its result, so no
+    chunk is left (each chunk adds exactly its lines, once). A cheap read of one row, for the chunk
+    that just counted to tell whether it may be the last before trying :func:`mark_finalizing`."""
+    row = session.execute(
+        select(Batch.total_count, Batch.completed_count + Batch.failed_count).where(Batch.id == batch_id)
+    ).first()
+    return row is not None and row[0] > 0 and row[1] >= row[0]
 
 
 def chunks_left(session: Session, batch_id: str) -> int:

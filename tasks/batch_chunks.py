@@ -18,9 +18,11 @@ from registry.batch_input import (
     INVALID_INPUT,
     BatchRequest,
     LineError,
+    confirm_values,
     error_line,
     line_error_line,
     output_line,
+    quick_line,
     reader_limit,
     recheck_line,
 )
@@ -149,7 +151,11 @@ class PartWriter:
                 spool.seek(0)
                 services.store.put_stream(key, spool, content_type="application/jsonl")
 
-            call_retrying(put, StorageUnavailable, seconds=30)
+            # Any store error, not only an unreachable store: a part has keys of its own, so writing
+            # it again is harmless, and an S3 server's passing 500 must not leave the chunk to the
+            # reaper (rclone's local backend once answered 500, "file does not exist", to a part
+            # written as a batch's chunks all started at once).
+            call_retrying(put, StorageError, seconds=30)
             written.append(key)
         return written[0], written[1]
 
@@ -178,27 +184,51 @@ def write_lines(
     run: Runner,
     writer: PartWriter,
     micro_batch: int,
+    recheck: Callable[[int, bytes], BatchRequest | LineError | None] | None = None,
 ) -> None:
     """Classify each line; valid requests go to ``run`` in micro-batches of up to ``micro_batch``
-    rows (lines that can share a call); output and error lines are written in input order."""
+    rows (lines that can share a call); output and error lines are written in input order.
+
+    ``classify`` may return requests whose data values are not yet checked (``confirmed``
+    False, see :func:`registry.batch_input.quick_line`): they are checked together before the
+    call, and if that fails each of them is read again by ``recheck``, the full check."""
     pending: list[BatchRequest] = []
     pending_key: Any = None
     pending_rows = 0
     held: list[tuple[int, bytes]] = []  # error lines of invalid input lines since the last flush
+    raws: dict[int, bytes] = {}  # the lines of unconfirmed pending requests
+
+    def confirmed(requests: list[BatchRequest]) -> list[BatchRequest]:
+        unsure = [request for request in requests if not request.confirmed]
+        if not unsure or confirm_values(unsure):
+            return requests
+        if recheck is None:
+            raise ValueError("unconfirmed requests need a recheck")
+        sure = []
+        for request in requests:
+            item = request if request.confirmed else recheck(request.line, raws[request.line])
+            if isinstance(item, LineError):
+                held.append((item.line, line_error_line(item)))
+            elif item is not None:
+                sure.append(item)
+        return sure
 
     def flush() -> None:
         nonlocal pending, pending_rows
+        ready = confirmed(pending) if pending else pending
         errors = list(held)
         held.clear()
-        if pending:
-            for request, result in zip(pending, run(pending), strict=True):
+        raws.clear()
+        if ready:
+            for request, result in zip(ready, run(ready), strict=True):
                 if result.outputs is not None:
                     try:
-                        writer.add_output(output_line(request.custom_id, result.outputs))
+                        writer.add_output(output_line(request.custom_id, result.outputs, result.finite))
                         continue
                     except ValueError as exc:
                         result = LineResult(code=INVALID_OUTPUT, message=f"the output is not JSON: {exc}")
                 errors.append((request.line, error_line(request.custom_id, result.code, result.message)))
+        if pending:
             pending, pending_rows = [], 0
         for _, line in sorted(errors, key=lambda item: item[0]):
             writer.add_error(line)
@@ -214,6 +244,8 @@ def write_lines(
         count = rows(item.inputs)
         if pending and (key is None or key != pending_key or pending_rows + count > micro_batch):
             flush()
+        if not item.confirmed:
+            raws[number] = raw
         pending.append(item)
         pending_key, pending_rows = key, pending_rows + count
         if key is None:
@@ -281,6 +313,27 @@ def classifier(
     return classify
 
 
+def quick_classifier(
+    services: Services, work: ChunkWork, model: ResolvedModel | None
+) -> Callable[[int, bytes], BatchRequest | LineError | None]:
+    """:func:`classifier` with a fast path: a line of the plain form comes back with its values
+    unchecked (checked per micro-batch by ``write_lines``, which falls back on :func:`classifier`)."""
+    full = classifier(services, work, model)
+    if model is None:
+        return full
+    max_line = services.settings.batch_max_line_bytes
+    inputs = model.inputs
+
+    def classify(number: int, raw: bytes) -> BatchRequest | LineError | None:
+        if number not in work.duplicates:
+            quick = quick_line(raw, number, inputs, max_line)
+            if quick is not None:
+                return quick
+        return full(number, raw)
+
+    return classify
+
+
 def model_of(services: Services, work: ChunkWork) -> ResolvedModel | None:
     record = model_by_version(services.db, services.cache, work.model_name, work.model_version)
     return ResolvedModel.from_record(record) if record is not None else None
@@ -325,10 +378,11 @@ def run_chunk(
         try:
             write_lines(
                 chunk_lines(services, work),
-                classifier(services, work, model),
+                quick_classifier(services, work, model),
                 triton_runner(services, model, gpu, f"{batch_id}-{index}", last_attempt),
                 writer,
                 services.settings.batch_micro_batch,
+                classifier(services, work, model),
             )
         except TritonUnavailable as exc:
             log.warning("batch %s chunk %s: Triton of GPU %s unreachable: %s", batch_id, index, gpu, exc)
@@ -342,28 +396,42 @@ def run_chunk(
         output_key, error_key = writer.upload(services, keys)
     finally:
         writer.close()
-    flipped = complete(services, work, writer.ok, writer.failed, output_key, error_key)
-    if not flipped:
+    completion = complete(services, work, writer.ok, writer.failed, output_key, error_key)
+    if not completion.counted:
         # Another execution counted this chunk (or the batch moved on): ours is never used.
         for key in (output_key, error_key):
             if key is not None:
                 with contextlib.suppress(StorageError):
                     services.store.delete(key)
         return "duplicate"
-    maybe_finalize(services, dispatch, batch_id)
+    if completion.last:
+        queue_finalize(dispatch, batch_id)
     return "done"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What marking a chunk done did: whether this execution counted it, and whether that made the
+    batch ``finalizing`` (then the caller queues finalize)."""
+
+    counted: bool
+    last: bool = False
 
 
 def complete(
     services: Services, work: ChunkWork, ok: int, failed: int, output_key: str | None, error_key: str | None
-) -> bool:
-    """Mark the chunk done with its counts and parts, in one transaction; True for the execution
-    that did it (a retried commit that had in fact gone through reads as False; the reaper
-    then finalizes the batch if this was its last chunk)."""
+) -> Completion:
+    """Mark the chunk done with its counts and parts and, if the batch's counts now add up to its
+    total, move it to ``finalizing``: one transaction, one write lock on SQLite (a retried commit
+    that had in fact gone through reads as not counted; the reaper then finalizes the batch).
 
-    def done() -> bool:
+    Two last chunks finishing at once serialize on the batch row's counter update, so the
+    second sees the first's counts (and its chunk done) and is the one that moves the batch.
+    """
+
+    def done() -> Completion:
         with transaction(services) as session:
-            return registry.complete_chunk(
+            counted = registry.complete_chunk(
                 session,
                 work.chunk_id,
                 ok=ok,
@@ -371,9 +439,23 @@ def complete(
                 output_part_key=output_key,
                 error_part_key=error_key,
             )
+            if not counted:
+                return Completion(False)
+            last = registry.all_counted(session, work.batch_id) and registry.mark_finalizing(
+                session, work.batch_id
+            )
+            return Completion(True, last)
 
-    flipped: bool = db_retrying(done)
-    return flipped
+    completion: Completion = db_retrying(done)
+    return completion
+
+
+def queue_finalize(dispatch: Dispatch, batch_id: str) -> None:
+    """Queue finalize for a batch just moved to ``finalizing`` (the reaper re-sends a lost one)."""
+    try:
+        send_finalize(dispatch, batch_id)
+    except PipelineError as exc:
+        log.warning("batch %s: finalize not queued (%s)", batch_id, exc.detail)
 
 
 def maybe_finalize(services: Services, dispatch: Dispatch, batch_id: str) -> bool:
@@ -389,10 +471,7 @@ def maybe_finalize(services: Services, dispatch: Dispatch, batch_id: str) -> boo
 
     if not db_retrying(move):
         return False
-    try:
-        send_finalize(dispatch, batch_id)
-    except PipelineError as exc:  # the reaper re-sends finalize for batches left finalizing
-        log.warning("batch %s: finalize not queued (%s)", batch_id, exc.detail)
+    queue_finalize(dispatch, batch_id)
     return True
 
 

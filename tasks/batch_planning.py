@@ -15,7 +15,7 @@ from registry.batch_input import (
     DUPLICATE_CUSTOM_ID,
     ChunkSpec,
     LineError,
-    parse_line,
+    claim_line,
     plan_chunks,
     reader_limit,
 )
@@ -75,7 +75,8 @@ def scan_input(
     def spans() -> Iterator[tuple[int, int, int]]:
         for start, end, raw in services.store.iter_line_spans(key, max_line=reader_limit(max_line)):
             scan.lines += 1
-            parsed = parse_line(raw, scan.lines, model.inputs, model.outputs, seen, max_line)
+            # The custom_id only (duplicates need the whole file); each chunk checks its lines' inputs.
+            parsed = claim_line(raw, scan.lines, seen, max_line)
             if parsed is None:
                 continue
             scan.total += 1

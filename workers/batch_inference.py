@@ -57,6 +57,9 @@ class LineResult:
     outputs: list[dict[str, Any]] | None = None
     code: str = ""
     message: str = ""
+    # Every number of ``outputs`` is known finite (checked on the whole call's arrays at once):
+    # the line may then be written by a JSON encoder that has no strict mode for NaN.
+    finite: bool = False
 
 
 def merge_key(inputs: Sequence[LineTensor], outputs: Sequence[str] | None) -> Hashable | None:
@@ -178,12 +181,31 @@ def _merged(
     if not answer or any(array.ndim == 0 or array.shape[0] != total for _, array in answer.values()):
         raise _NotSplittable("an output does not have one row per input row")
     bounds = list(itertools.accumulate(counts, initial=0))
-    return [
-        LineResult(
-            [
-                from_numpy(name, datatype, array[bounds[i] : bounds[i + 1]])
-                for name, (datatype, array) in answer.items()
-            ]
-        )
-        for i in range(len(lines))
+    finite = all(array.dtype.kind != "f" or bool(np.isfinite(array).all()) for _, array in answer.values())
+    # Each output turned into Python lists once for the whole call, then cut by rows: the same
+    # tensors as from_numpy on each line's slice, without a numpy round trip per line.
+    per_output = [
+        (name, datatype, list(array.shape[1:]), _row_lists(datatype, array))
+        for name, (datatype, array) in answer.items()
     ]
+    results = []
+    for i in range(len(lines)):
+        low, high = bounds[i], bounds[i + 1]
+        tensors = []
+        for name, datatype, tail, row_lists in per_output:
+            data = (
+                row_lists[low]
+                if high - low == 1
+                else list(itertools.chain.from_iterable(row_lists[low:high]))
+            )
+            tensors.append({"name": name, "datatype": datatype, "shape": [high - low, *tail], "data": data})
+        results.append(LineResult(tensors, finite=finite))
+    return results
+
+
+def _row_lists(datatype: str, array: np.ndarray) -> list[list[Any]]:
+    # Row r's flat data, as from_numpy gives it for array[r : r + 1].
+    if datatype == "BYTES":
+        return [from_numpy("", datatype, array[r : r + 1])["data"] for r in range(array.shape[0])]
+    rows_list: list[list[Any]] = array.reshape(array.shape[0], -1).tolist()
+    return rows_list

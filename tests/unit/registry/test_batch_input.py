@@ -272,3 +272,45 @@ def test_a_line_checked_again_alone_comes_out_as_the_planner_saw_it() -> None:
         recheck_line(line, n, INPUTS, OUTPUTS, n in duplicates, MAX_LINE) for n, line in enumerate(lines, 1)
     ]
     assert again == first_pass
+
+
+TRICKY_DATA: list[Any] = [
+    [1, 2, 3, 4],
+    [1.5, 2, 3, 4],
+    [True, False, True, False],
+    [True, 2, 3, 4],
+    [1, 2, 3, "4"],
+    [1, 2, 3, None],
+    [[1, 2], [3, 4]],
+    [1, 2, 3],
+    [1e39, 2, 3, 4],
+    [-1e39, 2, 3, 4],
+    [12345678901234567890123, 2, 3, 4],
+    [-9223372036854775809, 2, 3, 4],
+]
+
+
+@pytest.mark.parametrize("data", TRICKY_DATA, ids=range(len(TRICKY_DATA)))
+def test_the_quick_path_never_accepts_what_the_full_check_refuses(data: Any) -> None:
+    """quick_line + confirm_values, alone and next to a valid line, accept a line only when
+    parse_line does, with the same tensors; anything else is left to the full check."""
+    from registry.batch_input import confirm_values, quick_line
+
+    raw = request(inputs=[tensor(data=data)])
+    full = parse(raw)
+    quick = quick_line(raw, 7, INPUTS, MAX_LINE)
+    good = quick_line(request("ok"), 8, INPUTS, MAX_LINE)
+    assert good is not None and confirm_values([good])
+    if quick is None:
+        return
+    for group in ([quick], [good, quick], [quick, good]):
+        if confirm_values(group):
+            assert isinstance(full, BatchRequest), data
+            assert full.inputs == quick.inputs
+
+
+def test_orjson_and_json_read_lines_alike() -> None:
+    from registry.batch_input import load_json
+
+    for raw in (b'{"a": 12345678901234567890}', b'\xef\xbb\xbf{"a": 1}', b'{"a": NaN}', b'{"a": 1e400}'):
+        assert repr(load_json(raw)) == repr(json.loads(raw.decode("utf-8-sig")))

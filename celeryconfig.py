@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 from kombu import Exchange, Queue
 
 from inferq.settings import CONTROL_QUEUE, Settings, gpu_queue
-from tasks.broker import EXCHANGE
+
+EXCHANGE = "inferq"  # the direct exchange every inferq queue is bound to, by its own name
 
 # Tasks that never touch a GPU run on the control queue.
 CONTROL_TASKS = (

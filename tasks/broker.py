@@ -19,8 +19,6 @@ from typing import Any
 
 from kombu.transport import redis as kombu_redis
 
-EXCHANGE = "inferq"  # the direct exchange of every inferq queue (celeryconfig)
-
 BINDINGS_TTL = 1.0  # seconds an exchange's bindings are reused
 
 

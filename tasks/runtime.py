@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from inferq.services import Redis, close_quietly, redis_client
 from inferq.settings import Settings
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from registry.db import Database
     from tasks.bookkeeping import TaskBook
     from tasks.coalesce import Coalescer
-    from tasks.pipeline import Pending
     from workers.gpu_state import GpuStates
     from workers.storage import ObjectStore
     from workers.triton import TritonEndpoint
@@ -65,7 +64,7 @@ class Services:
         return GpuStates(self.redis, depths, BreakerPolicy(s.breaker_threshold, s.breaker_cooldown))
 
     @cached_property
-    def coalescer(self) -> Coalescer[Pending]:
+    def coalescer(self) -> Coalescer[Any]:
         """Merges concurrent sync requests for one model into one task message (API side)."""
         from tasks.coalesce import Coalescer
 

@@ -16,7 +16,6 @@ import logging
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
 
 from inferq import __version__
 from inferq.metrics import INFER_REQUESTS
@@ -26,7 +25,6 @@ from tasks.pipeline import PipelineError
 from webapp import celery_app, services, v2_codec
 from webapp.auth import authenticate_request, current_principal
 from webapp.bodies import read_body
-from webapp.errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -66,38 +64,22 @@ def _message(title: str, detail: str) -> str:
     return f"{title}: {detail}" if detail else title
 
 
-@bp.errorhandler(PipelineError)
-def _pipeline_error(error: PipelineError) -> Response:
-    headers = {}
-    if error.retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(error.retry_after)))
-    return triton_error(error.status, _message(error.title, error.detail), headers)
-
-
-@bp.errorhandler(ApiError)
-def _api_error(error: ApiError) -> Response:
-    return triton_error(error.status, _message(error.title, error.detail), error.headers)
-
-
-@bp.errorhandler(HTTPException)
-def _http_error(error: HTTPException) -> Response:
-    headers = {}
-    if error.code == 405 and error.get_response().headers.get("Allow"):
-        headers["Allow"] = error.get_response().headers["Allow"]
-    return triton_error(error.code or 500, _message(error.name, error.description or ""), headers)
-
-
-@bp.after_request
+@bp.after_app_request
 def _triton_error_shape(response: Response) -> Response:
-    """The app-wide handlers (database down: 503, anything unexpected: 500) answer problem+json;
-    on /v2 their answer keeps its status and headers and takes Triton's error shape."""
-    if response.mimetype != "application/problem+json":
+    """Every error on a /v2 path takes Triton's shape, ``{"error": message}``, with its status and
+    headers: the app renders them as problem+json (pipeline errors, bad bodies, a database
+    down, and also routes /v2 does not have: 404, 405), and this turns that into Triton's."""
+    if response.mimetype != "application/problem+json" or not (
+        request.path == "/v2" or request.path.startswith("/v2/")
+    ):
         return response
     try:
         problem = json.loads(response.get_data())
         message = _message(str(problem.get("title", "Error")), str(problem.get("detail", "")))
     except (ValueError, AttributeError):
         message = response.status
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 1] + "\u2026"
     response.set_data(json.dumps({"error": message}))
     response.mimetype = "application/json"
     return response

@@ -345,3 +345,15 @@ def test_bodies_over_the_limit_are_413_inflated_or_not(stack: Stack) -> None:
         assert response.status_code == 415 and list(response.get_json()) == ["error"]
     finally:
         app.extensions["inferq"].close()
+
+
+def test_paths_and_methods_v2_does_not_have_answer_in_triton_shape(stack: Stack) -> None:
+    client = stack.client()
+    missing = client.get("/v2/repository/index", headers=auth(stack))
+    assert missing.status_code == 404 and missing.mimetype == "application/json"
+    assert set(missing.get_json()) == {"error"}
+    wrong = client.delete("/v2/models/digits/infer", headers=auth(stack))
+    assert wrong.status_code == 405 and set(wrong.get_json()) == {"error"}
+    assert "POST" in wrong.headers["Allow"]
+    v1 = client.get("/v1/nothing-here", headers=auth(stack))
+    assert v1.status_code == 404 and v1.mimetype == "application/problem+json", "/v1 keeps problem+json"

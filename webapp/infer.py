@@ -43,15 +43,9 @@ def prefers_async() -> bool:
     return any(token.strip().lower() == "respond-async" for token in prefer.split(","))
 
 
-@bp.post("/models/<name>/infer")
-@bp.post("/models/<name>/versions/<version>/infer")
-def infer(name: str, version: str | None = None) -> Any:
-    """Run one inference; 200 with the outputs when done within the wait, else 202 + Location."""
-    settings = services().settings
-    body = parse_json_body()
-    timeout = parse_timeout(settings.sync_timeout, settings.sync_timeout_max)
-    if prefers_async():
-        timeout = 0.0
+def counted_infer(name: str, version: str | None, body: Any, timeout: float) -> pipeline.InferResult:
+    """``tasks.pipeline.infer`` for the caller's tenant, counted in ``inferq_infer_requests_total``
+    by outcome (/v1 and /v2 alike; an unknown model's name is not a label value)."""
     try:
         result = pipeline.infer(
             services(), celery_app(), current_principal().tenant, name, version, body, timeout
@@ -63,8 +57,21 @@ def infer(name: str, version: str | None = None) -> Any:
             outcome = "failed"
         INFER_REQUESTS.labels(name if exc.code != "model-not-found" else "unknown", outcome).inc()
         raise
+    outcome = "accepted" if result.answer is None else "succeeded"
+    INFER_REQUESTS.labels(result.model.name, outcome).inc()
+    return result
+
+
+@bp.post("/models/<name>/infer")
+@bp.post("/models/<name>/versions/<version>/infer")
+def infer(name: str, version: str | None = None) -> Any:
+    """Run one inference; 200 with the outputs when done within the wait, else 202 + Location."""
+    settings = services().settings
+    body = parse_json_body()
+    timeout = parse_timeout(settings.sync_timeout, settings.sync_timeout_max)
+    if prefers_async():
+        timeout = 0.0
+    result = counted_infer(name, version, body, timeout)
     if result.answer is None:
-        INFER_REQUESTS.labels(result.model.name, "accepted").inc()
         return accepted(result.task_id)
-    INFER_REQUESTS.labels(result.model.name, "succeeded").inc()
     return Response(json.dumps(result.answer, separators=(",", ":")), 200, mimetype="application/json")

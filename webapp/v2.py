@@ -18,13 +18,13 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from inferq import __version__
-from inferq.metrics import INFER_REQUESTS
 from registry.catalog import model_by_version, serving_versions
 from tasks import pipeline
 from tasks.pipeline import PipelineError
-from webapp import celery_app, services, v2_codec
-from webapp.auth import authenticate_request, current_principal
+from webapp import services, v2_codec
+from webapp.auth import authenticate_request
 from webapp.bodies import read_body
+from webapp.infer import counted_infer
 
 log = logging.getLogger(__name__)
 
@@ -218,26 +218,14 @@ def infer(name: str, version: str | None = None) -> Response:
     timeout = settings.sync_timeout_max
     if decoded.timeout is not None:
         timeout = min(timeout, decoded.timeout)
-    try:
-        result = pipeline.infer(
-            services(), celery_app(), current_principal().tenant, name, version, decoded.body, timeout
-        )
-    except PipelineError as exc:
-        if exc.status < 500:
-            outcome = "invalid" if exc.code == "invalid-request" else "rejected"
-        else:
-            outcome = "failed"
-        INFER_REQUESTS.labels(name if exc.code != "model-not-found" else "unknown", outcome).inc()
-        raise
+    result = counted_infer(name, version, decoded.body, timeout)
     if result.answer is None:
-        INFER_REQUESTS.labels(result.model.name, "accepted").inc()
         raise PipelineError(
             504,
             "inference-timeout",
             "Inference not done in time",
             f"no answer within {timeout:g}s; task {result.task_id} runs on: GET /v1/tasks/{result.task_id}",
         )
-    INFER_REQUESTS.labels(result.model.name, "succeeded").inc()
     encoded = v2_codec.encode_response(result.answer, decoded)
     body, encoding = v2_codec.compress(encoded.body, request.headers.get("Accept-Encoding", ""))
     response = Response(body, 200, content_type=encoded.content_type)

@@ -291,13 +291,33 @@ class ExtraGpu:
     model: str
 
 
+def digits_copy_ready(stack: Stack, name: str, gpus: list[int]) -> None:
+    """Register ``name`` version 1 as a copy of digits (label output only), ready on ``gpus`` as if
+    it had loaded there, and make readers see it."""
+    from registry.models import Model, set_deployment, settle_status
+
+    with stack.services.db.session() as session:
+        row = Model(
+            name=name,
+            version="1",
+            triton_name="digits",
+            inputs=[{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
+            outputs=[{"name": "label", "datatype": "INT64", "shape": [-1]}],
+        )
+        session.add(row)
+        session.flush()
+        for gpu in gpus:
+            set_deployment(session, row, gpu, "ready")
+        settle_status(row)
+    stack.services.cache.invalidate()
+
+
 @contextlib.contextmanager
 def extra_gpu(stack: Stack, workdir: Path, gpu: int, triton_url: str, **overrides: Any) -> Iterator[ExtraGpu]:
     """GPU ``gpu`` served by the Triton at ``triton_url``; worker and API share ``overrides``.
 
     ``worker_overrides`` (a dict in ``overrides``) applies to the worker only (e.g. a trace file).
     """
-    from registry.models import Model, set_deployment, settle_status
     from webapp import create_app
 
     worker_only = overrides.pop("worker_overrides", {})
@@ -318,19 +338,7 @@ def extra_gpu(stack: Stack, workdir: Path, gpu: int, triton_url: str, **override
     model = f"only-gpu{gpu}-{uuid.uuid4().hex[:6]}"
     try:
         wait_for_workers(settings, [gpu_queue(gpu)], {gpu_queue(gpu): worker})
-        with stack.services.db.session() as session:
-            row = Model(
-                name=model,
-                version="1",
-                triton_name="digits",
-                inputs=[{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
-                outputs=[{"name": "label", "datatype": "INT64", "shape": [-1]}],
-            )
-            session.add(row)
-            session.flush()
-            set_deployment(session, row, gpu, "ready")  # as if it had loaded there
-            settle_status(row)
-        stack.services.cache.invalidate()
+        digits_copy_ready(stack, model, [gpu])
         yield ExtraGpu(settings, worker, f"{name}@{os.uname().nodename}", app, model)
     finally:
         worker.stop()

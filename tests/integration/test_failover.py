@@ -19,7 +19,7 @@ import pytest
 
 from launcher.localstack import ManagedProcess
 from launcher.stack import gpu_worker_argv, worker_env
-from tests.fixtures import Stack, TritonServer, start_triton, wait_for_workers
+from tests.fixtures import Stack, TritonServer, digits_copy_ready, start_triton, wait_for_workers
 from workers.triton import TritonEndpoint
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,6 @@ class Pair:
 
 @pytest.fixture(scope="module")
 def pair(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    from registry.models import Model, set_deployment, settle_status
     from webapp import create_app
 
     workdir = tmp_path_factory.mktemp("failover")
@@ -62,20 +61,7 @@ def pair(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pai
     name = f"pair-{uuid.uuid4().hex[:6]}"
     try:
         wait_for_workers(settings, ["gpu.8", "gpu.9"], {"gpu.8": workers[0], "gpu.9": workers[1]})
-        with stack.services.db.session() as session:
-            row = Model(
-                name=name,
-                version="1",
-                triton_name="digits",
-                inputs=[{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
-                outputs=[{"name": "label", "datatype": "INT64", "shape": [-1]}],
-            )
-            session.add(row)
-            session.flush()
-            for gpu in (8, 9):
-                set_deployment(session, row, gpu, "ready")
-            settle_status(row)
-        stack.services.cache.invalidate()
+        digits_copy_ready(stack, name, [8, 9])
         yield Pair(app, name, own, settings)
     finally:
         own.process.signal(signal.SIGCONT)

@@ -20,7 +20,7 @@ import pytest
 
 from launcher.localstack import ManagedProcess
 from launcher.stack import gpu_worker_argv, worker_env
-from tests.fixtures import Stack, wait_for_workers
+from tests.fixtures import Stack, digits_copy_ready, wait_for_workers
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,6 @@ class Rabbit:
 def rabbit(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rabbit]:
     from kombu import Connection
 
-    from registry.models import Model, set_deployment, settle_status
     from webapp import create_app
 
     host, port = "127.0.0.1", 5672
@@ -65,19 +64,7 @@ def rabbit(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
     name = f"rabbit-{uuid.uuid4().hex[:6]}"
     try:
         wait_for_workers(settings, [f"gpu.{gpu}"], {f"gpu.{gpu}": worker})
-        with stack.services.db.session() as session:
-            row = Model(
-                name=name,
-                version="1",
-                triton_name="digits",
-                inputs=[{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
-                outputs=[{"name": "label", "datatype": "INT64", "shape": [-1]}],
-            )
-            session.add(row)
-            session.flush()
-            set_deployment(session, row, gpu, "ready")
-            settle_status(row)
-        stack.services.cache.invalidate()
+        digits_copy_ready(stack, name, [gpu])
         yield Rabbit(settings, app, name)
     finally:
         worker.stop()

@@ -147,6 +147,19 @@ def database_url(request: pytest.FixtureRequest, workdir: Path) -> Iterator[str]
         _drop_postgres_database(name)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty registry database (no migration run yet): a SQLite file, then a fresh PostgreSQL one."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    name, url = _create_postgres_database()
+    try:
+        yield url
+    finally:
+        _drop_postgres_database(name)
+
+
 def make_settings(
     workdir: Path, redis_url: str, database_url: str, s3_endpoint: str, triton_url: str, **overrides: Any
 ) -> Settings:

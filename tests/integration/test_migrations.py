@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -12,21 +10,8 @@ from sqlalchemy import inspect, text
 
 from launcher.cli import main
 from registry.db import make_engine, upgrade
-from tests.fixtures import _create_postgres_database, _drop_postgres_database
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fresh.db'}"
-        return
-    name, url = _create_postgres_database()
-    try:
-        yield url
-    finally:
-        _drop_postgres_database(name)
 
 
 def test_labels_move_from_json_to_rows_and_back(empty_database: str) -> None:

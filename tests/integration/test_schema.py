@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from sqlalchemy import inspect
 
 from registry.db import Base, alembic_config, make_engine, upgrade
-from tests.fixtures import _create_postgres_database, _drop_postgres_database
 
 pytestmark = pytest.mark.integration
 
 BATCH_TABLES = {"files", "batches", "chunks"}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fresh.db'}"
-        return
-    name, url = _create_postgres_database()
-    try:
-        yield url
-    finally:
-        _drop_postgres_database(name)
 
 
 def test_the_migrations_build_exactly_the_orm_tables(database_url: str) -> None:

@@ -115,28 +115,6 @@ class TaskBook:
         """Whether the waiting count queued by :meth:`add_open` at ``at`` passed ``cap`` (0: no cap)."""
         return at is not None and cap > 0 and int(replies[at]) > cap
 
-    def open(
-        self,
-        task_id: str,
-        tenant: str,
-        model: str,
-        version: str,
-        payload: bytes | None = None,
-        waiting_cap: int = 0,
-    ) -> bool:
-        """Record a new task in one round trip; False (nothing kept) when the tenant's waiting
-        requests would pass ``waiting_cap`` (0: the request will not wait)."""
-        try:
-            with self.client.pipeline(transaction=False) as pipe:
-                at = self.add_open(pipe, task_id, tenant, model, version, payload, waiting=waiting_cap > 0)
-                replies = pipe.execute()
-        except RedisError as exc:
-            raise BookkeepingUnavailable(str(exc)) from exc
-        if self.over_cap(replies, at, waiting_cap):
-            self.forget(task_id, tenant)
-            return False
-        return True
-
     def stop_waiting(self, tenant: str) -> None:
         """One waiting request of ``tenant`` is done waiting (never raises: the count heals by TTL)."""
         with contextlib.suppress(RedisError):

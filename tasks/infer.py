@@ -15,7 +15,7 @@ from inferq.settings import gpu_of_queue, gpu_queue
 from registry import stats
 from tasks.bookkeeping import Outcome
 from tasks.publish import publish
-from tasks.routing import NoRoute, choose_gpu
+from tasks.routing import NoRoute, candidates, choose_gpu
 from tasks.runtime import Services, services_for
 from workers.inference import InferMessage, MessageResult, Tensor, is_failure, run_message
 from workers.triton import TritonModelNotFound, TritonUnavailable
@@ -110,10 +110,8 @@ def refuse_poison(services: Services, task_id: str, attempt: int) -> None:
 
 def reroute_target(services: Services, message: InferMessage, failed_gpu: int) -> int | None:
     """Another GPU where the model is ready and that can take the message now, or None."""
-    others = [gpu for gpu in message.get("gpus", []) if gpu != failed_gpu and gpu in services.settings.gpus]
-    if not others:
-        return None
     try:
+        others = candidates(message.get("gpus", []), services.settings.gpus, exclude=failed_gpu)
         loads = services.gpus.loads(others, message["model_id"])
         return choose_gpu(others, loads, claim_trial=services.gpus.claim_trial)
     except NoRoute:

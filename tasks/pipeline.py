@@ -1,7 +1,7 @@
 """The request pipeline, plain Python: every entry point (``/v1``, ``/v2``, batch planning, the CLI)
 runs a request through these steps, with explicit arguments and no web framework.
 
-    resolve_model -> check_request -> route -> dispatch (record + publish) -> wait -> answer
+    resolve_model -> check_request -> dispatch (record + route + publish) -> wait -> answer
 
 Each step raises a :class:`PipelineError` with a stable ``code`` and the HTTP-ish
 ``status`` it maps to; the web layer turns those into problem+json, the CLI into
@@ -30,7 +30,7 @@ from tasks.coalesce import Ticket
 from tasks.errors import PipelineError, invalid, unavailable
 from tasks.infer import INFER_TASK
 from tasks.publish import publish
-from tasks.routing import NoRoute, choose_gpu, route_request
+from tasks.routing import NoRoute, candidates, choose_gpu
 from tasks.runtime import Services
 from workers.inference import InferAnswer, InferMessage, InferRequest, Tensor
 
@@ -117,14 +117,6 @@ def check_request(model: ResolvedModel, body: Any, pointer: str = "") -> Checked
     return CheckedRequest(inputs, outputs, request_id)
 
 
-def route(services: Services, model: ResolvedModel) -> int:
-    """The GPU for one request of ``model``: 503 (with when to retry) when none can take it."""
-    try:
-        return route_request(services.gpus, model.gpus, services.settings.gpus)
-    except NoRoute as exc:
-        raise no_gpu(exc) from None
-
-
 @dataclass(frozen=True)
 class Dispatched:
     task_id: str
@@ -196,14 +188,17 @@ def publish_requests(
     """
     settings = services.settings
     book = services.tasks
-    candidates = [gpu for gpu in model.gpus if gpu in settings.gpus]
+    try:
+        gpus = candidates(model.gpus, settings.gpus)
+    except NoRoute as exc:
+        return [no_gpu(exc)] * len(batch)  # nothing recorded yet
     try:
         with services.redis.pipeline(transaction=False) as pipe:
             waits = [
                 book.add_open(pipe, p.task_id, p.tenant, model.name, model.version, p.stash, p.waiting)
                 for p in batch
             ]
-            parse_loads = services.gpus.add_loads(pipe, candidates, model.id)
+            parse_loads = services.gpus.add_loads(pipe, gpus, model.id)
             replies = pipe.execute()
     except RedisError as exc:
         return [unavailable("cache", f"Redis cannot be reached: {exc}")] * len(batch)
@@ -229,9 +224,7 @@ def publish_requests(
     if not accepted:
         return errors
     try:
-        if not candidates:
-            raise NoRoute("the model is not deployed and ready on any configured GPU")
-        gpu = choose_gpu(candidates, parse_loads(replies), claim_trial=services.gpus.claim_trial)
+        gpu = choose_gpu(gpus, parse_loads(replies), claim_trial=services.gpus.claim_trial)
         message = infer_message(model, outputs, accepted)
         where = f"({model.name}:{model.version}, {len(accepted)} request{'s' if len(accepted) > 1 else ''})"
         deadline = datetime.now(UTC) + timedelta(seconds=settings.sync_deadline)

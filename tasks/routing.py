@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping, Sequence
 
-from workers.gpu_state import GpuLoad, GpuStates
+from workers.gpu_state import GpuLoad
 
 
 class NoRoute(Exception):
@@ -62,9 +62,12 @@ def choose_gpu(
     return tied[0] if len(tied) == 1 else (rng or random).choice(tied)
 
 
-def route_request(gpus: GpuStates, ready_gpus: Sequence[int], configured_gpus: Sequence[int]) -> int:
-    """Pick the GPU for one request among ``ready_gpus`` that this deployment knows of."""
-    candidates = [gpu for gpu in ready_gpus if gpu in configured_gpus]
-    if not candidates:
+def candidates(
+    ready_gpus: Sequence[int], configured_gpus: Sequence[int], exclude: int | None = None
+) -> list[int]:
+    """The GPUs a request of a model may go to: ready for it and known to this deployment (and
+    not ``exclude``, the one an attempt just failed on). NoRoute when there is none."""
+    found = [gpu for gpu in ready_gpus if gpu in configured_gpus and gpu != exclude]
+    if not found:
         raise NoRoute("the model is not deployed and ready on any configured GPU")
-    return choose_gpu(candidates, gpus.loads(candidates), claim_trial=gpus.claim_trial)
+    return found

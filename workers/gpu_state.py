@@ -267,11 +267,3 @@ class GpuStates:
             f"{(now or time.time()) + self.policy.cooldown:.3f}",
         )
         return True
-
-    def breaker_open_for(self, gpu: int) -> float:
-        """Seconds GPU ``gpu``'s breaker stays open (0 when closed, or when Redis cannot say)."""
-        try:
-            raw: Any = self.client.hget(BREAKER_KEY.format(gpu_queue(gpu)), "open_until")
-            return open_for(raw)
-        except RedisError:
-            return 0.0

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from tasks.routing import NoRoute, choose_gpu, route_request
+from tasks.routing import NoRoute, candidates, choose_gpu
 from workers.gpu_state import BreakerPolicy, GpuLoad, GpuStates, open_for
 
 
@@ -39,7 +39,7 @@ def test_no_candidates() -> None:
 
 def test_only_configured_ready_gpus_are_candidates() -> None:
     with pytest.raises(NoRoute):
-        route_request(None, ready_gpus=[7], configured_gpus=[0, 1])  # type: ignore[arg-type]
+        candidates(ready_gpus=[7], configured_gpus=[0, 1])
 
 
 class FakeHash:

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,14 +90,21 @@ def test_queue_depth_is_read_from_rabbitmq(rabbit: Rabbit, tmp_path: Path) -> No
     from workers.gpu_state import QueueDepths
 
     queue_name = f"depth-{uuid.uuid4().hex[:8]}"
-    with Connection(AMQP_URL) as connection:
+    # Publisher confirms: each publish returns once RabbitMQ holds the message,
+    # so the count read next cannot race the publishes (CI once read 1 of 3).
+    with Connection(AMQP_URL, transport_options={"confirm_publish": True}) as connection:
         queue = Queue(queue_name, Exchange("inferq", type="direct"), routing_key=queue_name)
         producer = connection.Producer()
         for _ in range(3):
             producer.publish({"n": 1}, exchange=queue.exchange, routing_key=queue_name, declare=[queue])
         reader = QueueDepths(AMQP_URL, max_age=0)
         try:
-            assert reader.depths([queue_name]) == {queue_name: 3}
+            deadline = time.monotonic() + 5
+            depths = reader.depths([queue_name])
+            while depths != {queue_name: 3} and time.monotonic() < deadline:
+                time.sleep(0.05)
+                depths = reader.depths([queue_name])
+            assert depths == {queue_name: 3}
         finally:
             reader.close()
             connection.default_channel.queue_delete(queue_name)

@@ -50,6 +50,9 @@ class Settings:
     triton_urls: Mapping[int, str] = dataclasses.field(default_factory=dict)
     triton_timeout: float = 10.0  # one inference (or health) call
     triton_load_timeout: float = 540.0  # loading a model (shorter than the deploy task's 600 s limit)
+    # Each GPU worker has a Triton of its own (a sidecar in its pod, Kubernetes): the worker loads
+    # into it what the registry says its GPU serves, at start and when it misses a model.
+    triton_sidecar: bool = False
     model_repository: str = dataclasses.field(default_factory=_default_model_repository)
     api_host: str = "127.0.0.1"
     api_port: int = 8080
@@ -62,6 +65,7 @@ class Settings:
     # stays open); a body (or a reader of the answer) that stalls this long is dropped.
     api_keep_alive: int = 5
     api_read_timeout: float = 30.0
+    flower_host: str = "127.0.0.1"
     flower_port: int = 5555
     sync_timeout: float = 5.0
     sync_timeout_max: float = 60.0
@@ -232,6 +236,11 @@ def _coerce(name: str, key: str, raw: str) -> Any:
                 gpu, _, url = part.partition("=")
                 mapping[int(gpu)] = url.strip()
             return mapping
+        if field_type == "bool":
+            word = raw.strip().lower()
+            if word not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+                raise ValueError("expected true or false")
+            return word in ("1", "true", "yes", "on")
         if field_type == "int":
             return int(raw)
         if field_type == "float":

@@ -78,6 +78,59 @@ def serve_api(settings: Settings) -> None:
     os.execve(argv[0], argv, worker_env(settings, None))
 
 
+@main.command("init")
+@click.option(
+    "--wait",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Seconds to keep trying while the database or the object store does not answer yet.",
+)
+@click.pass_obj
+def init(settings: Settings, wait: float) -> None:
+    """Prepare a deployment, once, before the API and workers start: apply the database migrations
+    and create the S3 bucket if it is missing. Safe to run again (what the Compose `init` service and
+    the Kubernetes `inferq-init` Job run).
+    """
+    from sqlalchemy.exc import OperationalError
+
+    from inferq.retries import call_retrying
+    from inferq.settings import mask_secrets
+    from registry.db import upgrade
+    from workers.storage import ObjectStore, StorageUnavailable
+
+    attempts = max(1, int(wait))  # waits grow to wait/4: the deadline, not the count, ends it
+    call_retrying(lambda: upgrade(settings.database_url), OperationalError, seconds=wait, attempts=attempts)
+    click.echo(f"database  {mask_secrets(settings.database_url)} migrated")
+    s = settings
+    store = ObjectStore(s.s3_endpoint, s.s3_access_key, s.s3_secret_key, s.s3_bucket, s.s3_region)
+    call_retrying(store.ensure_bucket, StorageUnavailable, seconds=wait, attempts=attempts)
+    click.echo(f"s3        {s.s3_endpoint} bucket {s.s3_bucket} ready")
+
+
+@main.command("beat")
+@click.pass_obj
+def beat(settings: Settings) -> None:
+    """Run celery beat, the scheduler of the periodic upkeep (exactly one per deployment)."""
+    from pathlib import Path
+
+    from launcher.stack import beat_argv, worker_env
+
+    Path(settings.data_dir).expanduser().mkdir(parents=True, exist_ok=True)
+    argv = beat_argv(settings)
+    os.execve(argv[0], argv, worker_env(settings, None))
+
+
+@main.command("flower")
+@click.pass_obj
+def flower(settings: Settings) -> None:
+    """Run Flower on INFERQ_FLOWER_HOST:INFERQ_FLOWER_PORT (set FLOWER_BASIC_AUTH=user:password)."""
+    from launcher.stack import flower_argv, worker_env
+
+    argv = flower_argv(settings)
+    os.execve(argv[0], argv, worker_env(settings, None))
+
+
 @main.group()
 def keys() -> None:
     """API keys."""

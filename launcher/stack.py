@@ -116,6 +116,17 @@ def api_argv(settings: Settings) -> list[str]:
     ]
 
 
+def beat_argv(settings: Settings) -> list[str]:
+    """celery beat, its schedule file in the data directory."""
+    schedule = Path(settings.data_dir).expanduser() / "celerybeat-schedule"
+    return celery_argv("beat", "--loglevel", "INFO", "--schedule", str(schedule))
+
+
+def flower_argv(settings: Settings) -> list[str]:
+    """Flower on INFERQ_FLOWER_HOST:INFERQ_FLOWER_PORT (basic auth from FLOWER_BASIC_AUTH, Flower's own)."""
+    return celery_argv("flower", f"--address={settings.flower_host}", f"--port={settings.flower_port}")
+
+
 class Stack:
     """The processes ``inferq up`` started, stopped in reverse order."""
 
@@ -246,15 +257,13 @@ class Stack:
 
     def start_beat(self) -> None:
         """celery beat: schedules the periodic maintenance tasks (statistics flush)."""
-        argv = celery_argv(
-            "beat", "--loglevel", "INFO", "--schedule", str(self.data_dir / "celerybeat-schedule")
-        )
+        argv = beat_argv(self.settings)
         self._start(
             ManagedProcess("beat", argv, env=worker_env(self.settings, None), log_path=self._log("beat"))
         )
 
     def start_flower(self) -> None:
-        argv = celery_argv("flower", "--address=127.0.0.1", f"--port={self.settings.flower_port}")
+        argv = flower_argv(self.settings)
         self._start(
             ManagedProcess("flower", argv, env=worker_env(self.settings, None), log_path=self._log("flower"))
         )

@@ -14,7 +14,7 @@ from kombu import Exchange, Queue
 
 from inferq.settings import CONTROL_QUEUE, Settings, gpu_queue
 
-EXCHANGE = "inferq"  # the direct exchange every inferq queue is bound to, by its own name
+EXCHANGE = "inferq"  # the exchange every inferq queue is bound to, by its own name
 
 # Tasks that never touch a GPU run on the control queue.
 CONTROL_TASKS = (
@@ -41,10 +41,20 @@ def batch_time_limits(settings: Settings) -> dict[str, dict[str, int]]:
 
 def celery_settings(settings: Settings) -> dict[str, Any]:
     """The Celery configuration for ``settings``."""
-    exchange = Exchange(EXCHANGE, type="direct")
-    queues = [Queue(gpu_queue(gpu), exchange, routing_key=gpu_queue(gpu)) for gpu in settings.gpus]
-    queues.append(Queue(CONTROL_QUEUE, exchange, routing_key=CONTROL_QUEUE))
     redis_broker = urlsplit(settings.broker_url).scheme in ("redis", "rediss")
+    queue_type = "classic" if redis_broker else settings.broker_queue_type
+    if queue_type not in ("quorum", "classic"):
+        raise ValueError(f"INFERQ_BROKER_QUEUE_TYPE={queue_type!r}: expected quorum or classic")
+    # Quorum queues (RabbitMQ): durable and replicated. A retry's countdown then goes through
+    # RabbitMQ's native delayed delivery, which binds only to topic exchanges; with names
+    # for routing keys a topic exchange routes exactly as a direct one does.
+    exchange_type = "topic" if queue_type == "quorum" else "direct"
+    exchange = Exchange(EXCHANGE, type=exchange_type, durable=True)
+    arguments = {"x-queue-type": "quorum"} if queue_type == "quorum" else None
+    queues = [
+        Queue(name, exchange, routing_key=name, durable=True, queue_arguments=arguments)
+        for name in [*(gpu_queue(gpu) for gpu in settings.gpus), CONTROL_QUEUE]
+    ]
     return {
         "broker_url": settings.broker_url,
         # kombu's Redis transport, keeping one client per channel (see tasks/broker.py).
@@ -64,6 +74,8 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         "task_queues": queues,
         "task_default_queue": CONTROL_QUEUE,
         "task_default_exchange": EXCHANGE,
+        "task_default_exchange_type": exchange_type,
+        "task_default_queue_type": queue_type,
         "task_default_routing_key": CONTROL_QUEUE,
         # inferq.infer has no static route: the router picks a gpu.N queue per request.
         "task_routes": {pattern: {"queue": CONTROL_QUEUE} for pattern in CONTROL_TASKS},

@@ -38,6 +38,9 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str = ""  # default: redis_url
     result_backend: str = ""  # default: redis_url
+    # RabbitMQ only: "quorum" (replicated, durable queues; delayed retries through RabbitMQ's
+    # native delayed delivery) or "classic".
+    broker_queue_type: str = "quorum"
     database_url: str = ""  # default: SQLite file in data_dir
     s3_endpoint: str = "http://127.0.0.1:9000"
     s3_access_key: str = "inferq"

@@ -31,6 +31,7 @@ from inferq.settings import gpu_of_queue
 from registry.db import DatabaseUnavailable
 from tasks import batch_chunks, batch_finalize, batch_planning, batch_recovery, batches
 from tasks.batches import CHUNK_TASK, FINALIZE_TASK, PLAN_TASK, REAP_TASK, celery_dispatch
+from tasks.publish import delivered_queue
 from tasks.runtime import services_for
 from workers.storage import StorageUnavailable
 
@@ -56,7 +57,7 @@ def plan(self: Task, batch_id: str) -> str:
 @shared_task(bind=True, name=CHUNK_TASK, acks_late=True, ignore_result=True, max_retries=0)
 def run_chunk(self: Task, batch_id: str, index: int) -> str:
     """Run chunk ``index`` of batch ``batch_id`` on the GPU of the queue that delivered it."""
-    queue = str((self.request.delivery_info or {}).get("routing_key", ""))
+    queue = delivered_queue(self.request.delivery_info)
     gpu = gpu_of_queue(queue)
     if gpu is None:
         log.error(

@@ -14,7 +14,7 @@ from inferq.services import RedisError
 from inferq.settings import gpu_of_queue, gpu_queue
 from registry import stats
 from tasks.bookkeeping import Outcome
-from tasks.publish import publish
+from tasks.publish import delivered_queue, publish
 from tasks.routing import NoRoute, candidates, choose_gpu
 from tasks.runtime import Services, services_for
 from workers.inference import InferMessage, MessageResult, Tensor, is_failure, run_message
@@ -118,8 +118,15 @@ def reroute_target(services: Services, message: InferMessage, failed_gpu: int) -
         return None
 
 
-def send_again(task: Task, message: InferMessage, gpu: int) -> None:
-    """Publish ``message`` to ``gpu``'s queue as the next attempt of ``task`` (same id and deadline)."""
+def back_off(retries: int) -> float:
+    """Seconds before attempt ``retries + 1`` on the same GPU: 1, 1, 2, 4, at most 5 (whole
+    seconds: RabbitMQ's delayed delivery counts no less)."""
+    return float(max(1, min(5, int(0.5 * 2**retries))))
+
+
+def send_again(task: Task, message: InferMessage, gpu: int, countdown: float | None = None) -> None:
+    """Publish ``message`` to ``gpu``'s queue as the next attempt of ``task`` (same id and deadline),
+    after ``countdown`` seconds if given."""
     request = task.request
     expires = datetime.fromisoformat(request.expires) if isinstance(request.expires, str) else request.expires
     size = len(message["requests"])
@@ -132,6 +139,7 @@ def send_again(task: Task, message: InferMessage, gpu: int) -> None:
         f"({message['model_name']}:{message['model_version']}, {size} request{'s' if size > 1 else ''})",
         expires,
         retries=request.retries + 1,
+        countdown=countdown,
     )
     log.info("task %s: sent to gpu.%s after a failed attempt on %s", request.id, gpu, request.delivery_info)
 
@@ -141,11 +149,7 @@ def send_again(task: Task, message: InferMessage, gpu: int) -> None:
     name=INFER_TASK,
     acks_late=True,
     ignore_result=True,  # each request's outcome is kept once, by tasks.bookkeeping (see tasks.signals)
-    autoretry_for=(TritonUnavailable,),
-    max_retries=3,
-    retry_backoff=0.5,
-    retry_backoff_max=5,
-    retry_jitter=True,
+    max_retries=3,  # attempts after the first, counted across GPUs
     soft_time_limit=60,
     time_limit=90,
 )
@@ -162,7 +166,7 @@ def infer(self: Task, message: InferMessage) -> int:
     alone with its code. Whatever happens, each waiting request is woken (see
     ``tasks.signals``) and ``GET /v1/tasks/{id}`` shows its end.
     """
-    queue = (self.request.delivery_info or {}).get("routing_key", "")
+    queue = delivered_queue(self.request.delivery_info)
     gpu = gpu_of_queue(queue)
     if gpu is None:
         raise InferenceFailed(f"inference must run on a gpu.N queue, not {queue!r}", "misrouted")
@@ -188,7 +192,11 @@ def infer(self: Task, message: InferMessage) -> int:
         if isinstance(exc, TritonModelNotFound):
             attempts[-1] = dataclasses.replace(attempts[-1], final=True)
             raise InferenceFailed(str(exc), exc.code) from exc
-        raise  # the same GPU after a back-off (autoretry)
+        # No other GPU: this one again after a back-off. Published to its queue by name (not
+        # Celery's retry, which on quorum queues would lose the GPU queue to the default route).
+        send_again(self, message, gpu, countdown=back_off(self.request.retries))
+        self.request.inferq_rerouted = gpu
+        return 0
     except LookupError as exc:
         raise InferenceFailed(str(exc), "inputs_expired") from exc
     where = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +15,18 @@ from tasks.errors import unavailable
 # Publishing gives up fast: a request must not hang on a broker that is down.
 PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
+# A delayed message on RabbitMQ quorum queues (native delayed delivery) arrives with its delay in
+# 28 binary levels before the routing key: "0.0.[...].1.1.gpu.7".
+DELAYED_ROUTING_KEY = re.compile(r"(?:[01]\.){28}(.+)")
+
+
+def delivered_queue(delivery_info: Mapping[str, Any] | None) -> str:
+    """The queue a task message was routed to (its routing key: every inferq queue is bound by its
+    own name), also when it came through RabbitMQ's delayed delivery."""
+    key = str((delivery_info or {}).get("routing_key", ""))
+    delayed = DELAYED_ROUTING_KEY.fullmatch(key)
+    return delayed.group(1) if delayed else key
+
 
 def publish(
     app: Celery,
@@ -23,6 +37,7 @@ def publish(
     argsrepr: str | None = None,
     expires: datetime | None = None,
     retries: int = 0,
+    countdown: float | None = None,
 ) -> None:
     """Queue a task by name on ``queue``; a broker that cannot take it is a 503 ``broker-unavailable``.
 
@@ -31,7 +46,9 @@ def publish(
     deadline); ``retries``: attempts already made (a task routed again carries its count). Nobody
     waits on a result through Celery (the outcome of an inference is kept by
     ``tasks.bookkeeping``, the rest by the database), so the publisher does not subscribe
-    to one (with the Redis result backend that is two more commands per task).
+    to one (with the Redis result backend that is two more commands per task). ``countdown``:
+    seconds before a worker may start it (at least 1 on RabbitMQ quorum queues, whose delayed
+    delivery counts whole seconds).
     """
     try:
         app.send_task(
@@ -45,6 +62,7 @@ def publish(
             ignore_result=True,
             expires=expires,
             retries=retries,
+            countdown=countdown,
         )
     except OperationalError as exc:
         raise unavailable("broker", f"the task could not be queued: {exc}") from None

@@ -22,6 +22,7 @@ from inferq.services import RedisError
 from inferq.tracing import setup_tracing
 from tasks.bookkeeping import Outcome, TaskError, describe_error
 from tasks.infer import INFER_TASK, add_attempt, settle_breaker
+from tasks.publish import delivered_queue
 from tasks.runtime import services_for
 from workers.inference import InferRequest
 from workers.liveness import start_announcing, stop_announcing
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def _queue(task: Task) -> str:
-    return str((task.request.delivery_info or {}).get("routing_key", ""))
+    return delivered_queue(task.request.delivery_info)
 
 
 def _owner(args: Any, request: InferRequest) -> dict[str, str] | None:

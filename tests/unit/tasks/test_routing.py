@@ -90,3 +90,21 @@ def test_in_flight_counts_only_workers_alive_so_a_dead_one_heals() -> None:
     assert running(counts, workers, now=1000.0) == 3 + 1, (
         "the dead worker's 7 and a negative count do not count"
     )
+
+
+def test_the_delivered_queue_is_the_routing_key_also_after_a_delayed_delivery() -> None:
+    from kombu.transport.native_delayed_delivery import calculate_routing_key
+
+    from tasks.publish import delivered_queue
+
+    assert delivered_queue({"routing_key": "gpu.7"}) == "gpu.7"
+    assert delivered_queue({"routing_key": calculate_routing_key(3, "gpu.7")}) == "gpu.7"
+    assert delivered_queue({"routing_key": calculate_routing_key(1, "control")}) == "control"
+    assert delivered_queue({"routing_key": "0.1.gpu.7"}) == "0.1.gpu.7"  # not 28 levels: as it is
+    assert delivered_queue(None) == delivered_queue({}) == ""
+
+
+def test_back_off_is_whole_seconds_growing_to_five() -> None:
+    from tasks.infer import back_off
+
+    assert [back_off(n) for n in range(6)] == [1.0, 1.0, 2.0, 4.0, 5.0, 5.0]

@@ -30,6 +30,7 @@ from registry.batches import Batch, Chunk
 from registry.catalog import model_by_version
 from registry.files import file_by_id
 from registry.signatures import TensorSpec
+from tasks import sidecar
 from tasks.batches import (
     CANCELLED,
     INPUT_FILE_NOT_FOUND,
@@ -50,7 +51,7 @@ from tasks.pipeline import PipelineError, ResolvedModel
 from tasks.runtime import Services
 from workers.batch_inference import LineResult, TritonModel, infer_lines, merge_key, rows
 from workers.storage import ObjectNotFound, StorageError, StorageUnavailable, split_lines
-from workers.triton import TritonUnavailable
+from workers.triton import TritonModelNotFound, TritonUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +274,7 @@ def triton_runner(
         if down:
             return [LineResult(code=TritonUnavailable.code, message=down[0])] * len(requests)
         try:
-            return infer_lines(
+            results = infer_lines(
                 endpoint,
                 target,
                 [request.inputs for request in requests],
@@ -281,6 +282,20 @@ def triton_runner(
                 retry_seconds=retry_seconds,
                 request_id=request_id,
             )
+            if (
+                results
+                and results[-1].code == TritonModelNotFound.code
+                and sidecar.heal(services, gpu, target.name)
+            ):  # missing from this worker's own Triton, which should have it: loaded, run again
+                results = infer_lines(
+                    endpoint,
+                    target,
+                    [request.inputs for request in requests],
+                    requests[0].outputs,
+                    retry_seconds=retry_seconds,
+                    request_id=request_id,
+                )
+            return results
         except TritonUnavailable as exc:
             if not last_attempt:
                 raise

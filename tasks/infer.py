@@ -13,6 +13,7 @@ from celery import Task, shared_task
 from inferq.services import RedisError
 from inferq.settings import gpu_of_queue, gpu_queue
 from registry import stats
+from tasks import sidecar
 from tasks.bookkeeping import Outcome
 from tasks.publish import delivered_queue, publish
 from tasks.routing import NoRoute, candidates, choose_gpu
@@ -76,9 +77,12 @@ def load_inputs(services: Services, message: InferMessage) -> list[list[Tensor]]
 
 
 def infer_on_gpu(
-    services: Services, message: InferMessage, gpu: int, attempts: list[Attempt]
+    services: Services, message: InferMessage, gpu: int, attempts: list[Attempt], heal_missing: bool = True
 ) -> MessageResult:
-    """Run ``message`` on ``gpu``'s Triton; the attempt is appended to ``attempts`` (written at the end)."""
+    """Run ``message`` on ``gpu``'s Triton; the attempt is appended to ``attempts`` (written at the end).
+
+    A model missing from a sidecar Triton that should have it is loaded there, and the message
+    run again (``tasks.sidecar``)."""
     model_id = message["model_id"]
     try:
         result = run_message(services.triton(gpu), message, load_inputs(services, message), gpu)
@@ -88,6 +92,8 @@ def infer_on_gpu(
         )
         raise
     except TritonModelNotFound:
+        if heal_missing and sidecar.heal(services, gpu, message["triton_name"]):
+            return infer_on_gpu(services, message, gpu, attempts, heal_missing=False)
         attempts.append(Attempt(model_id, gpu, 0.0, 0, len(message["requests"]), reachable=True, final=False))
         raise
     failed = sum(1 for answer in result.answers if is_failure(answer))

@@ -4,6 +4,7 @@ and the reconciler that keeps the registry true to what each Triton has loaded."
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from datetime import timedelta
 
 from celery import Task, shared_task
@@ -40,12 +41,15 @@ def expire_deploys(self: Task) -> list[str]:
     return ids
 
 
-def reconcile(services: Services) -> list[str]:
-    """Compare each GPU's Triton with the deployments the registry says serve there; reload what
-    Triton lost (a restart, an unload by hand). Returns what it did, one line each.
+def reconcile(services: Services, gpus: Collection[int] | None = None, mark: bool = True) -> list[str]:
+    """Compare each GPU's Triton (or those of ``gpus``) with the deployments the registry says
+    serve there; reload what Triton lost (a restart, an unload by hand). Returns what it did, one
+    line each.
 
     While a model is missing on a GPU the router sends it nothing there (``workers.gpu_state``);
     once reloaded it is routed to again. A Triton that cannot be reached is left to its breaker.
+    ``mark=False``: do not mark the model missing meanwhile (a sidecar Triton is one replica of
+    the GPU's queue among several; the others may have it).
     """
     with services.db.session() as session:
         rows = session.execute(
@@ -55,7 +59,7 @@ def reconcile(services: Services) -> list[str]:
         ).all()
     wanted: dict[int, dict[str, str]] = {}
     for gpu, model_id, triton_name in rows:
-        if gpu in services.settings.gpus:
+        if gpu in services.settings.gpus and (gpus is None or gpu in gpus):
             wanted.setdefault(gpu, {})[model_id] = triton_name
     actions = []
     for gpu, models in sorted(wanted.items()):
@@ -68,7 +72,8 @@ def reconcile(services: Services) -> list[str]:
         for model_id, triton_name in sorted(models.items(), key=lambda item: item[1]):
             if triton_name in loaded:
                 continue
-            services.gpus.mark_missing(model_id, gpu)
+            if mark:
+                services.gpus.mark_missing(model_id, gpu)
             try:
                 endpoint.load_model(triton_name)
             except TritonError as exc:

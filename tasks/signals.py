@@ -19,7 +19,9 @@ from celery.signals import (
 )
 
 from inferq.services import RedisError
+from inferq.settings import gpu_of_queue
 from inferq.tracing import setup_tracing
+from tasks import sidecar
 from tasks.bookkeeping import Outcome, TaskError, describe_error
 from tasks.infer import INFER_TASK, add_attempt, settle_breaker
 from tasks.publish import delivered_queue
@@ -166,8 +168,13 @@ def _announce_alive(sender: Any = None, **_: Any) -> None:
     services = services_for(sender.app)
     services.gpus.reset_worker(sender.hostname, queues)  # a restarted worker runs nothing yet
     start_announcing(services.redis, sender.hostname, queues)
+    if services.settings.triton_sidecar:
+        for gpu in (gpu_of_queue(queue) for queue in queues):
+            if gpu is not None:
+                sidecar.keep_loaded(services, gpu)
 
 
 @worker_shutdown.connect
 def _withdraw(sender: Any = None, **_: Any) -> None:
     stop_announcing()
+    sidecar.stop()

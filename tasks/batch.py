@@ -39,8 +39,12 @@ log = logging.getLogger(__name__)
 TRANSIENT = (StorageUnavailable, DatabaseUnavailable, OperationalError)
 
 
+# Planning and finalizing are acknowledged when received, not after they ran: they may run longer
+# than the Redis broker's visibility timeout (which would hand a running plan to a second worker)
+# or RabbitMQ's consumer timeout. A worker that dies running one loses nothing: the recovery pass
+# sends it again once the batch stayed validating or finalizing past the task's time limit.
 @shared_task(
-    bind=True, name=PLAN_TASK, acks_late=True, ignore_result=True, max_retries=3, default_retry_delay=5
+    bind=True, name=PLAN_TASK, acks_late=False, ignore_result=True, max_retries=3, default_retry_delay=5
 )
 def plan(self: Task, batch_id: str) -> str:
     """Plan batch ``batch_id`` (see :func:`tasks.batch_planning.plan_batch`)."""
@@ -73,7 +77,7 @@ def run_chunk(self: Task, batch_id: str, index: int) -> str:
 
 
 @shared_task(
-    bind=True, name=FINALIZE_TASK, acks_late=True, ignore_result=True, max_retries=3, default_retry_delay=10
+    bind=True, name=FINALIZE_TASK, acks_late=False, ignore_result=True, max_retries=3, default_retry_delay=10
 )
 def finalize(self: Task, batch_id: str) -> str:
     """Write the result files of batch ``batch_id`` (see :func:`tasks.batch_finalize.finalize_batch`)."""

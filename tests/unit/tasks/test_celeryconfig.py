@@ -24,3 +24,24 @@ def test_app_registers_the_infer_task_without_connecting() -> None:
     app.loader.import_default_modules()
     task = app.tasks["inferq.infer"]
     assert task.acks_late and task.max_retries == 3
+
+
+def test_tasks_that_outlive_the_visibility_timeout_are_acknowledged_on_receipt() -> None:
+    """A late-acknowledged task still running when the Redis broker's visibility timeout passes is
+    handed to a second worker; the long batch tasks are acknowledged when received instead (the
+    recovery pass re-sends them if their worker dies), every late-acknowledged one fits."""
+    from celeryconfig import batch_time_limits
+    from inferq.settings import Settings
+    from tasks import create_celery_app
+
+    settings = Settings.from_env({"INFERQ_REDIS_URL": "redis://nowhere.invalid:1/0"})
+    app = create_celery_app(settings)
+    app.loader.import_default_modules()
+    limits = batch_time_limits(settings)
+    for name in ("inferq.batch.plan", "inferq.batch.finalize", "inferq.batch.chunk", "inferq.infer"):
+        task = app.tasks[name]
+        limit = limits.get(name, {}).get("time_limit") or task.time_limit or settings.task_time_limit
+        if task.acks_late:
+            assert limit < settings.visibility_timeout, (name, limit)
+        else:
+            assert name in ("inferq.batch.plan", "inferq.batch.finalize"), name

@@ -1,4 +1,5 @@
-"""Inference statistics per model version and GPU: counted in Redis on the hot path, flushed to the database.
+"""Inference statistics per model version and GPU, and per model version and tenant: counted in Redis
+on the hot path, flushed to the database.
 
 Each inference costs one pipelined Redis round trip (HINCRBY on a hash per model
 and GPU). ``flush`` moves the counts into the database atomically (RENAME, so two
@@ -6,6 +7,9 @@ flushers never count the same hash twice); ``read`` adds what is still in Redis
 to what is in the database, so the figures are exact at any moment. Latency goes
 into log-spaced buckets (each 25% wider than the last, from 0.25 ms), which bounds
 a percentile's error to one bucket width.
+
+Per GPU is the platform's view (an admin key); per tenant is what a tenant key may read: the
+requests, errors and latency of its own traffic, nothing of other tenants' or of the GPUs.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ log = logging.getLogger(__name__)
 
 KEY = "inferq:stats:{}:{}"
 SCAN_PATTERN = "inferq:stats:*"
+TENANT_KEY = "inferq:tstats:{}:{}"  # model id, tenant (the tenant last: it may hold ":")
+TENANT_SCAN_PATTERN = "inferq:tstats:*"
 BUCKET_BOUNDS_MS = [0.25 * 1.25**i for i in range(64)]  # up to about 400 s
 PERCENTILES = (50, 95, 99)
 
@@ -57,6 +63,29 @@ class InferenceLatency(Base):
     count: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class TenantInferenceStats(Base):
+    __tablename__ = "tenant_inference_stats"
+
+    model_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    latency_ms_sum: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class TenantInferenceLatency(Base):
+    __tablename__ = "tenant_inference_latency"
+
+    model_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 def bucket_of(latency_ms: float) -> int:
     """Index of the first bucket whose upper bound is at least ``latency_ms``."""
     return min(bisect.bisect_left(BUCKET_BOUNDS_MS, latency_ms), len(BUCKET_BOUNDS_MS) - 1)
@@ -65,7 +94,17 @@ def bucket_of(latency_ms: float) -> int:
 def add_inference(pipe: Any, model_id: str, gpu: int, latency_ms: float, ok: bool, count: int = 1) -> None:
     """Queue the counts of ``count`` inferences that took ``latency_ms`` each on a Redis pipeline
     (the caller executes it)."""
-    key = KEY.format(model_id, gpu)
+    _add(pipe, KEY.format(model_id, gpu), latency_ms, ok, count)
+
+
+def add_tenant_inference(
+    pipe: Any, model_id: str, tenant: str, latency_ms: float, ok: bool, count: int = 1
+) -> None:
+    """The same counts for ``tenant``'s own figures."""
+    _add(pipe, TENANT_KEY.format(model_id, tenant), latency_ms, ok, count)
+
+
+def _add(pipe: Any, key: str, latency_ms: float, ok: bool, count: int) -> None:
     pipe.hincrby(key, "requests", count)
     if ok:
         pipe.hincrbyfloat(key, "latency_ms_sum", latency_ms * count)
@@ -147,11 +186,40 @@ def _write(session: Session, model_id: str, gpu: int, counts: Mapping[str, Any])
         )
 
 
+def _write_tenant(session: Session, model_id: str, tenant: str, counts: Mapping[str, Any]) -> None:
+    from registry.models import Model
+
+    if session.get(Model, model_id) is None:
+        return
+    keys = {"model_id": model_id, "tenant": tenant}
+    _upsert(
+        session,
+        TenantInferenceStats.__table__,
+        keys,
+        {
+            "requests": counts["requests"],
+            "errors": counts["errors"],
+            "latency_ms_sum": counts["latency_ms_sum"],
+        },
+    )
+    for bucket, count in counts["buckets"].items():
+        _upsert(session, TenantInferenceLatency.__table__, {**keys, "bucket": bucket}, {"count": count})
+
+
+def _writer(key: str) -> Any:
+    """How the counts of hash ``key`` go to the database: a function of a session and the counts."""
+    _, kind, model_id, rest = key.split(":", 3)
+    if kind == "tstats":
+        return lambda session, counts: _write_tenant(session, model_id, rest, counts)
+    return lambda session, counts: _write(session, model_id, int(rest), counts)
+
+
 def flush(client: Redis, database: Any) -> int:
     """Move every pending count from Redis into the database; returns how many hashes moved."""
     moved = 0
-    for key in list(client.scan_iter(SCAN_PATTERN, count=500)):
-        _, _, model_id, gpu = key.decode().split(":")
+    keys = [*client.scan_iter(SCAN_PATTERN, count=500), *client.scan_iter(TENANT_SCAN_PATTERN, count=500)]
+    for key in keys:
+        write = _writer(key.decode())
         claimed = f"inferq:statsflush:{uuid.uuid4().hex}"
         try:
             client.rename(key, claimed)  # atomic: later counts start a new hash
@@ -160,7 +228,7 @@ def flush(client: Redis, database: Any) -> int:
         counts = _parse(client.hgetall(claimed))  # type: ignore[arg-type]
         try:
             with database.session() as session:
-                _write(session, model_id, int(gpu), counts)
+                write(session, counts)
         except Exception:
             _give_back(client, key, counts)
             raise
@@ -175,8 +243,9 @@ def _give_back(client: Redis, key: Any, counts: Mapping[str, Any]) -> None:
         pipe.hincrby(key, "requests", counts["requests"])
         pipe.hincrby(key, "errors", counts["errors"])
         pipe.hincrbyfloat(key, "latency_ms_sum", counts["latency_ms_sum"])
-        pipe.hincrby(key, "attempts", counts["attempts"])
-        pipe.hincrby(key, "failed_attempts", counts["failed_attempts"])
+        if counts["attempts"] or counts["failed_attempts"]:
+            pipe.hincrby(key, "attempts", counts["attempts"])
+            pipe.hincrby(key, "failed_attempts", counts["failed_attempts"])
         for bucket, count in counts["buckets"].items():
             pipe.hincrby(key, f"b{bucket}", count)
         pipe.execute()
@@ -260,3 +329,31 @@ def read(session: Session, client: Redis | None, model_id: str, gpus: Iterable[i
         "gpus": {str(gpu): _summary(per_gpu[gpu]) for gpu in sorted(per_gpu)},
         "complete": pending,
     }
+
+
+def read_tenant(session: Session, client: Redis | None, model_id: str, tenant: str) -> dict[str, Any]:
+    """``tenant``'s own requests, errors, error rate and latency mean/p50/p95/p99 (no GPUs, no attempts:
+    those are the platform's)."""
+    counts = _empty()
+    keys = (TenantInferenceStats.model_id == model_id, TenantInferenceStats.tenant == tenant)
+    row = session.scalars(select(TenantInferenceStats).where(*keys)).first()
+    if row is not None:
+        counts.update(requests=row.requests, errors=row.errors, latency_ms_sum=row.latency_ms_sum)
+    for bucket in session.scalars(
+        select(TenantInferenceLatency).where(
+            TenantInferenceLatency.model_id == model_id, TenantInferenceLatency.tenant == tenant
+        )
+    ):
+        counts["buckets"][bucket.bucket] = bucket.count
+    pending = True
+    if client is not None:
+        try:
+            raw = client.hgetall(TENANT_KEY.format(model_id, tenant))
+            if raw:
+                _merge(counts, _parse(raw))  # type: ignore[arg-type]
+        except RedisError as exc:
+            log.warning("pending statistics unavailable: %s", exc)
+            pending = False
+    summary = _summary(counts)
+    del summary["attempts"], summary["failed_attempts"]
+    return {**summary, "gpus": {}, "complete": pending}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -58,6 +59,24 @@ def add_attempt(services: Services, pipe: Any, attempt: Attempt) -> None:
     if attempt.failed and attempt.final:
         stats.add_inference(pipe, attempt.model_id, attempt.gpu, 0.0, False, attempt.failed)
     services.gpus.add_attempt(pipe, attempt.gpu, attempt.reachable)
+
+
+def add_tenant_outcomes(
+    pipe: Any, message: InferMessage, outcomes: Sequence[Outcome] | None, latency_ms: float
+) -> None:
+    """Queue each tenant's counts of the requests of ``message`` that end here (``outcomes`` in
+    request order; None: all failed) on ``pipe``: a tenant key reads these figures, not the GPUs'."""
+    per_tenant: dict[str, list[int]] = {}
+    for index, request in enumerate(message["requests"]):
+        tenant = request.get("tenant")
+        if tenant:
+            ok = outcomes is not None and outcomes[index]["state"] == "SUCCESS"
+            per_tenant.setdefault(tenant, [0, 0])[0 if ok else 1] += 1
+    for tenant, (answered, failed) in per_tenant.items():
+        if answered:
+            stats.add_tenant_inference(pipe, message["model_id"], tenant, latency_ms, True, answered)
+        if failed:
+            stats.add_tenant_inference(pipe, message["model_id"], tenant, 0.0, False, failed)
 
 
 def settle_breaker(services: Services, attempt: Attempt, failures: Any) -> None:

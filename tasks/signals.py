@@ -23,7 +23,7 @@ from inferq.settings import gpu_of_queue
 from inferq.tracing import setup_tracing
 from tasks import sidecar
 from tasks.bookkeeping import Outcome, TaskError, describe_error
-from tasks.infer import INFER_TASK, add_attempt, settle_breaker
+from tasks.infer import INFER_TASK, add_attempt, add_tenant_outcomes, settle_breaker
 from tasks.publish import delivered_queue
 from tasks.runtime import services_for
 from workers.inference import InferRequest
@@ -118,12 +118,16 @@ def _attempt_ended(
                 for request in requests:
                     services.tasks.add_retrying(pipe, request["task_id"], note)
             elif state == states.SUCCESS and outcomes is not None:
+                latency = attempts[-1].latency_ms if attempts else 0.0
+                add_tenant_outcomes(pipe, args[0], outcomes, latency)
                 for request, outcome in zip(requests, outcomes, strict=True):
                     services.tasks.add_outcome(
                         pipe, request["task_id"], outcome, "inputs" not in request, _owner(args, request)
                     )
             elif state == states.FAILURE:
                 failed: Outcome = {"state": "FAILURE", "error": describe_error(retval)}
+                if requests:
+                    add_tenant_outcomes(pipe, args[0], None, 0.0)
                 for request in requests:
                     services.tasks.add_outcome(
                         pipe, request["task_id"], failed, "inputs" not in request, _owner(args, request)

@@ -27,7 +27,7 @@ from registry.signatures import Problem
 from tasks.deploy import DEPLOY_TASK, unload
 from tasks.pipeline import PipelineError
 from webapp import db_session, parse_json_body, send_task, services
-from webapp.auth import admin_required
+from webapp.auth import admin_required, current_principal
 from webapp.errors import ApiError, validation_error
 
 bp = Blueprint("models", __name__)
@@ -260,9 +260,18 @@ def undeploy(model_id: str) -> Any:
 
 @bp.get("/models/<model_id>/stats")
 def model_stats(model_id: str) -> Any:
-    """Requests, errors, error rate and latency p50/p95/p99, overall and per GPU."""
+    """Requests, errors, error rate and latency p50/p95/p99: an admin key reads the platform's,
+    overall and per GPU; a tenant key those of its own traffic only."""
     model = model_by_id(services().db, services().cache, model_id)
     if model is None:
         raise not_found(model_id)
-    figures = stats.read(db_session(), services().redis, model_id, services().settings.gpus)
-    return jsonify({"model_id": model_id, "name": model["name"], "version": model["version"], **figures})
+    principal = current_principal()
+    if principal.admin:
+        scope = {"scope": "platform"}
+        figures = stats.read(db_session(), services().redis, model_id, services().settings.gpus)
+    else:
+        scope = {"scope": "tenant", "tenant": principal.tenant}
+        figures = stats.read_tenant(db_session(), services().redis, model_id, principal.tenant)
+    return jsonify(
+        {"model_id": model_id, "name": model["name"], "version": model["version"], **scope, **figures}
+    )

@@ -90,7 +90,7 @@ def test_a_gpu_whose_triton_lost_the_model_fails_no_request(pair: Pair, stack: S
         assert {body["parameters"]["queue"] for _, body in answers} == {"gpu.9"}
         assert all(body["outputs"][0]["data"] == [4] for _, body in answers)  # digits says 4 for zeros
         figures = pair.app.test_client().get(
-            f"/v1/models/{pair_model_id(stack, pair)}/stats", headers=stack.auth()
+            f"/v1/models/{pair_model_id(stack, pair)}/stats", headers=stack.auth(stack.admin_key)
         )
         stats = figures.get_json()
         # Requests count once, where they ended; the failed tries on GPU 8 are attempts.

@@ -19,8 +19,9 @@ def digits_id(stack: Stack) -> str:
     return stack.client().get("/v1/models/by-name/digits/1", headers=stack.auth()).get_json()["id"]  # type: ignore[no-any-return]
 
 
-def read(stack: Stack, model_id: str) -> dict[str, Any]:
-    response = stack.client().get(f"/v1/models/{model_id}/stats", headers=stack.auth())
+def read(stack: Stack, model_id: str, key: str | None = None) -> dict[str, Any]:
+    """The figures ``key`` may read (default: the admin key, the platform's)."""
+    response = stack.client().get(f"/v1/models/{model_id}/stats", headers=stack.auth(key or stack.admin_key))
     assert response.status_code == 200, response.get_data(as_text=True)
     return response.get_json()  # type: ignore[no-any-return]
 
@@ -82,3 +83,31 @@ def test_flush_runs_on_the_control_worker(stack: Stack) -> None:
 
 def test_unknown_model_stats_are_404(stack: Stack) -> None:
     assert stack.client().get("/v1/models/nope/stats", headers=stack.auth()).status_code == 404
+
+
+def test_a_tenant_key_reads_its_own_traffic_only(stack: Stack) -> None:
+    model_id = digits_id(stack)
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [2.0] * 64}]}
+    before = {
+        key: read(stack, model_id, key) for key in (stack.user_key, stack.other_tenant_key, stack.admin_key)
+    }
+    for key, count in ((stack.user_key, 5), (stack.other_tenant_key, 3)):
+        for _ in range(count):
+            response = stack.client().post("/v1/models/digits/infer", json=body, headers=stack.auth(key))
+            assert response.status_code == 200, response.get_data(as_text=True)
+    acme = read(stack, model_id, stack.user_key)
+    globex = read(stack, model_id, stack.other_tenant_key)
+    platform = read(stack, model_id, stack.admin_key)
+    assert (acme["scope"], acme["tenant"], globex["tenant"]) == ("tenant", "acme", "globex")
+    assert acme["requests"] - before[stack.user_key]["requests"] == 5
+    assert globex["requests"] - before[stack.other_tenant_key]["requests"] == 3
+    assert acme["gpus"] == {} and globex["gpus"] == {} and "attempts" not in acme, "nothing of the platform"
+    assert 0 < acme["latency_ms"]["p50"] <= acme["latency_ms"]["p99"]
+    assert platform["scope"] == "platform" and platform["gpus"]
+    assert platform["requests"] - before[stack.admin_key]["requests"] == 8, "the admin key sees every tenant"
+    stats.flush(stack.services.redis, stack.services.db)
+    assert not list(stack.services.redis.scan_iter("inferq:tstats:*")), "the flush moves tenant counts too"
+    after_flush = read(stack, model_id, stack.user_key)
+    assert {k: after_flush[k] for k in ("requests", "errors", "latency_ms")} == {
+        k: acme[k] for k in ("requests", "errors", "latency_ms")
+    }

@@ -113,6 +113,12 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.reconcile_interval,
                 "options": {"queue": CONTROL_QUEUE, "expires": settings.reconcile_interval * 2},
             },
+            # Stashed inputs left in the object store by a crash (tasks/payloads.py).
+            "expire-payloads": {
+                "task": "inferq.maintenance.expire_payloads",
+                "schedule": 600.0,
+                "options": {"queue": CONTROL_QUEUE, "expires": 600},
+            },
             "expire-deploys": {
                 "task": "inferq.maintenance.expire_deploys",
                 "schedule": 60.0,

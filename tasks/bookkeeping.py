@@ -1,4 +1,4 @@
-"""Task bookkeeping in Redis: who owns a sync task, its state and outcome, its stashed inputs,
+"""Task bookkeeping in Redis: who owns a sync task, its state and outcome,
 the wake-up of the request waiting on it, and how many sync requests each tenant has waiting.
 
 This module owns those keys. The outcome of an inference is stored here once (the
@@ -20,7 +20,6 @@ from inferq.services import Redis, RedisError
 
 RECORD_KEY = "inferq:task:{}"
 WAKE_KEY = "inferq:outcome:{}"
-PAYLOAD_KEY = "inferq:payload:{}"
 WAITING_KEY = "inferq:waiting:{}"
 WAKE_TTL = 120
 WAITING_TTL = 300  # a count left high by a killed API process heals after this long
@@ -73,7 +72,8 @@ def _dumps(value: Any) -> str:
 
 
 class TaskBook:
-    """Task records, stashed inputs, wake-ups and per-tenant waiting counts in one Redis."""
+    """Task records, wake-ups and per-tenant waiting counts in one Redis (large inputs are in the
+    object store: ``tasks.payloads``)."""
 
     def __init__(self, client: Redis, blocking_client: Redis, ttl: int) -> None:
         self.client = client
@@ -87,10 +87,9 @@ class TaskBook:
         tenant: str,
         model: str,
         version: str,
-        payload: bytes | None = None,
         waiting: bool = False,
     ) -> int | None:
-        """Queue the record of a new task of ``tenant`` (and its stashed payload) on ``pipe``.
+        """Queue the record of a new task of ``tenant`` on ``pipe``.
 
         With ``waiting`` the request will wait for its outcome and counts against the
         tenant's waiting requests: the index of that count's reply is returned, for
@@ -106,8 +105,6 @@ class TaskBook:
         record["created"] = f"{time.time():.3f}"
         pipe.hset(key, mapping=record)
         pipe.expire(key, self.ttl)
-        if payload is not None:
-            pipe.set(PAYLOAD_KEY.format(task_id), payload, ex=self.ttl)
         return at
 
     @staticmethod
@@ -124,7 +121,7 @@ class TaskBook:
         """Drop the record of a task that was never queued (its publish failed)."""
         try:
             with self.client.pipeline(transaction=False) as pipe:
-                pipe.delete(RECORD_KEY.format(task_id), PAYLOAD_KEY.format(task_id))
+                pipe.delete(RECORD_KEY.format(task_id))
                 if tenant is not None:
                     pipe.decr(WAITING_KEY.format(tenant))
                 pipe.execute()
@@ -157,13 +154,6 @@ class TaskBook:
         """One more delivery of attempt ``attempt`` of ``task_id`` after its worker died; how many so far."""
         return int(self.client.hincrby(RECORD_KEY.format(task_id), f"redelivered:{attempt}", 1))  # type: ignore[arg-type]
 
-    def load_payload(self, task_id: str) -> Any:
-        """The stashed inputs of a task; LookupError when they expired."""
-        raw: Any = self.client.get(PAYLOAD_KEY.format(task_id))
-        if raw is None:
-            raise LookupError(f"the inputs of task {task_id} expired before it ran")
-        return json.loads(raw)
-
     # Worker side: pipelined with the GPU's in-flight count (see ``tasks.signals``).
 
     def add_running(self, pipe: Any, task_id: str) -> None:
@@ -177,11 +167,10 @@ class TaskBook:
         pipe: Any,
         task_id: str,
         outcome: Outcome,
-        stashed: bool = True,
         owner: dict[str, str] | None = None,
     ) -> None:
         """Store the outcome in the record (a retry's note is overwritten) and hand it to the waiting
-        request; drop the stashed inputs (``stashed``: the task had some).
+        request.
 
         ``owner`` (tenant, model, version) is written again with it, so the record is whole even
         when Redis lost it meanwhile (FLUSHDB, a restart without persistence): the owner still
@@ -196,8 +185,6 @@ class TaskBook:
             pipe.hsetnx(record, "created", now)  # only when the record was lost
         pipe.hset(record, mapping=fields)
         pipe.expire(record, self.ttl)
-        if stashed:
-            pipe.delete(PAYLOAD_KEY.format(task_id))
         wake = WAKE_KEY.format(task_id)
         pipe.rpush(wake, encoded)
         pipe.expire(wake, WAKE_TTL)

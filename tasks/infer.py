@@ -14,7 +14,7 @@ from celery import Task, shared_task
 from inferq.services import RedisError
 from inferq.settings import gpu_of_queue, gpu_queue
 from registry import stats
-from tasks import sidecar
+from tasks import payloads, sidecar
 from tasks.bookkeeping import Outcome
 from tasks.publish import delivered_queue, publish
 from tasks.routing import NoRoute, candidates, choose_gpu
@@ -87,11 +87,11 @@ def settle_breaker(services: Services, attempt: Attempt, failures: Any) -> None:
 
 
 def load_inputs(services: Services, message: InferMessage) -> list[list[Tensor]]:
-    """Each request's inputs: inline in the message, or stashed under its task id."""
+    """Each request's inputs: inline in the message, or in the object store under its task id."""
     found = []
     for request in message["requests"]:
         inputs = request.get("inputs")
-        found.append(inputs if inputs is not None else services.tasks.load_payload(request["task_id"]))
+        found.append(inputs if inputs is not None else payloads.load(services.store, request["task_id"]))
     return found
 
 

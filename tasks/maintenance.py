@@ -13,10 +13,15 @@ from sqlalchemy import select
 from registry import stats
 from registry.deploy import expire_stale_deploys
 from registry.models import SERVING, Deployment, Model
+from tasks import payloads
 from tasks.runtime import Services, services_for
 from workers.triton import TritonError
 
 FLUSH_STATS_TASK = "inferq.maintenance.flush_stats"
+EXPIRE_PAYLOADS_TASK = "inferq.maintenance.expire_payloads"
+# A stashed input is needed until its task ends: it starts within INFERQ_SYNC_DEADLINE or is
+# dropped, then runs (retries included) well within this margin.
+PAYLOAD_MARGIN = timedelta(minutes=10)
 EXPIRE_DEPLOYS_TASK = "inferq.maintenance.expire_deploys"
 RECONCILE_TASK = "inferq.maintenance.reconcile"
 log = logging.getLogger(__name__)
@@ -27,6 +32,17 @@ def flush_stats(self: Task) -> int:
     """Move inference counts from Redis into the database; returns how many counters moved."""
     services = services_for(self.app)
     return stats.flush(services.redis, services.db)
+
+
+@shared_task(bind=True, name=EXPIRE_PAYLOADS_TASK, acks_late=True, max_retries=0, time_limit=300, expires=600)
+def expire_payloads(self: Task) -> int:
+    """Delete stashed inputs no task can need any more (what a crash left); returns how many."""
+    services = services_for(self.app)
+    older_than = timedelta(seconds=services.settings.sync_deadline) + PAYLOAD_MARGIN
+    removed = payloads.expire(services.store, older_than)
+    if removed:
+        log.warning("expire_payloads: removed %s stashed inputs left by tasks that never ended", removed)
+    return removed
 
 
 @shared_task(bind=True, name=EXPIRE_DEPLOYS_TASK, acks_late=True, max_retries=0, time_limit=120, expires=120)

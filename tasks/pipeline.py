@@ -25,6 +25,7 @@ from inferq.settings import gpu_queue
 from registry.catalog import model_by_version, serving_versions
 from registry.models import pick_version, ready_gpus
 from registry.signatures import CheckedTensor, Problem, TensorSpec, check_inference_request, specs_from_json
+from tasks import payloads
 from tasks.bookkeeping import BookkeepingUnavailable, Outcome, TaskRecord
 from tasks.coalesce import Ticket
 from tasks.errors import PipelineError, invalid, unavailable
@@ -33,6 +34,7 @@ from tasks.publish import publish
 from tasks.routing import NoRoute, candidates, choose_gpu
 from tasks.runtime import Services
 from workers.inference import InferAnswer, InferMessage, InferRequest, Tensor
+from workers.storage import StorageError
 
 MAX_ID_LENGTH = 256
 
@@ -134,7 +136,7 @@ class Pending:
     task_id: str
     tenant: str
     id: str | None
-    inputs: list[Tensor] | None  # None: stashed (``stash``), the message carries a reference
+    inputs: list[Tensor] | None  # None: stashed (``stash``, in the object store: ``tasks.payloads``)
     stash: bytes | None
     waiting: bool
 
@@ -192,15 +194,23 @@ def publish_requests(
         gpus = candidates(model.gpus, settings.gpus)
     except NoRoute as exc:
         return [no_gpu(exc)] * len(batch)  # nothing recorded yet
+    stashed = [p.task_id for p in batch if p.stash is not None]
+    try:
+        for p in batch:
+            if p.stash is not None:
+                payloads.put(services.store, p.task_id, p.stash)
+    except StorageError as exc:
+        payloads.drop(services.store, stashed)
+        return [unavailable("object store", f"the inputs could not be stored: {exc}")] * len(batch)
     try:
         with services.redis.pipeline(transaction=False) as pipe:
             waits = [
-                book.add_open(pipe, p.task_id, p.tenant, model.name, model.version, p.stash, p.waiting)
-                for p in batch
+                book.add_open(pipe, p.task_id, p.tenant, model.name, model.version, p.waiting) for p in batch
             ]
             parse_loads = services.gpus.add_loads(pipe, gpus, model.id)
             replies = pipe.execute()
     except RedisError as exc:
+        payloads.drop(services.store, stashed)
         return [unavailable("cache", f"Redis cannot be reached: {exc}")] * len(batch)
     cap = settings.sync_waiting_per_tenant
     errors: list[PipelineError | None] = []
@@ -208,6 +218,8 @@ def publish_requests(
     for pending, at in zip(batch, waits, strict=True):
         if book.over_cap(replies, at, cap):
             book.forget(pending.task_id, pending.tenant)
+            if pending.stash is not None:
+                payloads.drop(services.store, [pending.task_id])
             errors.append(
                 PipelineError(
                     429,
@@ -233,6 +245,7 @@ def publish_requests(
         failure = exc if isinstance(exc, PipelineError) else no_gpu(exc)
         for pending in accepted:
             book.forget(pending.task_id, pending.tenant if pending.waiting else None)
+        payloads.drop(services.store, [p.task_id for p in accepted if p.stash is not None])
         return [failure if error is None else error for error in errors]
     return errors
 

@@ -21,7 +21,7 @@ from celery.signals import (
 from inferq.services import RedisError
 from inferq.settings import gpu_of_queue
 from inferq.tracing import setup_tracing
-from tasks import sidecar
+from tasks import payloads, sidecar
 from tasks.bookkeeping import Outcome, TaskError, describe_error
 from tasks.infer import INFER_TASK, add_attempt, add_tenant_outcomes, settle_breaker
 from tasks.publish import delivered_queue
@@ -121,17 +121,13 @@ def _attempt_ended(
                 latency = attempts[-1].latency_ms if attempts else 0.0
                 add_tenant_outcomes(pipe, args[0], outcomes, latency)
                 for request, outcome in zip(requests, outcomes, strict=True):
-                    services.tasks.add_outcome(
-                        pipe, request["task_id"], outcome, "inputs" not in request, _owner(args, request)
-                    )
+                    services.tasks.add_outcome(pipe, request["task_id"], outcome, _owner(args, request))
             elif state == states.FAILURE:
                 failed: Outcome = {"state": "FAILURE", "error": describe_error(retval)}
                 if requests:
                     add_tenant_outcomes(pipe, args[0], None, 0.0)
                 for request in requests:
-                    services.tasks.add_outcome(
-                        pipe, request["task_id"], failed, "inputs" not in request, _owner(args, request)
-                    )
+                    services.tasks.add_outcome(pipe, request["task_id"], failed, _owner(args, request))
             elif state == states.RETRY:
                 note = {"code": "retrying", "message": str(getattr(retval, "exc", retval) or "")}
                 for request in requests:
@@ -141,6 +137,15 @@ def _attempt_ended(
             settle_breaker(services, attempts[-1], replies[failures_at])
     except RedisError as exc:  # the waiter falls back to 202; the client polls
         log.warning("task %s: outcome not recorded: %s", task_id, exc)
+    if state == states.FAILURE or (state == states.SUCCESS and outcomes is not None):
+        _drop_inputs(services, requests)  # the requests ended: their large inputs go
+
+
+def _drop_inputs(services: Any, requests: list[InferRequest]) -> None:
+    """Delete the object-store inputs of requests that ended (after their waiters were woken)."""
+    stashed = [request["task_id"] for request in requests if "inputs" not in request]
+    if stashed:
+        payloads.drop(services.store, stashed)
 
 
 @task_revoked.connect
@@ -157,10 +162,11 @@ def _revoked(sender: Any = None, request: Any = None, expired: bool = False, **_
         with services.redis.pipeline(transaction=False) as pipe:
             for item in _requests(getattr(request, "args", None)):
                 owner = _owner(getattr(request, "args", None), item)
-                services.tasks.add_outcome(pipe, item["task_id"], outcome, "inputs" not in item, owner)
+                services.tasks.add_outcome(pipe, item["task_id"], outcome, owner)
             pipe.execute()
     except RedisError as exc:
         log.warning("task %s: expiry not recorded: %s", getattr(request, "id", "?"), exc)
+    _drop_inputs(services, _requests(getattr(request, "args", None)))
 
 
 @worker_ready.connect

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
@@ -19,6 +19,8 @@ MIN_PART_SIZE = 5 * 1024 * 1024
 READ_SIZE = 256 * 1024
 DELETE_BATCH = 1000
 NOT_FOUND_CODES = ("NoSuchKey", "NotFound", "ResourceNotFound")
+# S3 answers that say "try again" (AWS's own guidance): retried like an unreachable store.
+TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
 
 
 class StorageError(Exception):
@@ -76,11 +78,16 @@ class ObjectStore:
             yield
         except S3Error as exc:
             error = ObjectNotFound if exc.code in NOT_FOUND_CODES else StorageError
+            if exc.code in TRANSIENT_CODES:
+                error = StorageUnavailable
             raise error(f"{exc.code}: {exc.message}") from exc
         except InvalidResponseError as exc:
             # rclone answers a ranged GET of a missing key with an error body minio cannot parse.
-            if getattr(exc, "_code", None) == 404:
+            code = getattr(exc, "_code", None)
+            if code == 404:
                 raise ObjectNotFound("NoSuchKey: Object does not exist") from exc
+            if isinstance(code, int) and code >= 500:  # the server's trouble: worth another try
+                raise StorageUnavailable(str(exc)) from exc
             raise StorageError(str(exc)) from exc
         except (HTTPError, OSError) as exc:
             raise StorageUnavailable(f"{self.endpoint}: {exc}") from exc
@@ -193,6 +200,16 @@ class ObjectStore:
     def delete(self, key: str) -> None:
         """Remove an object; removing one that does not exist is not an error."""
         self._call("remove_object", self.bucket, key)
+
+    def keys_older_than(self, prefix: str, before: datetime) -> list[str]:
+        """Keys under ``prefix`` of objects last written before ``before`` (timezone-aware)."""
+        listing = self._call("list_objects", self.bucket, prefix=prefix, recursive=True)
+        with self._translated():  # the listing is lazy
+            return [
+                item.object_name
+                for item in listing
+                if item.last_modified is not None and item.last_modified < before
+            ]
 
     def delete_prefix(self, prefix: str) -> int:
         """Remove every object whose key starts with ``prefix``; returns how many were listed."""

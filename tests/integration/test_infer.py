@@ -80,13 +80,32 @@ def test_large_inputs_travel_by_reference(stack: Stack) -> None:
         pending = pipeline.prepare(pipeline.check_request(model, infer_body(rows)), "acme", False, 1024)
         assert pending.inputs is None and pending.stash is not None and len(pending.stash) > 1024
         assert "inputs" not in pipeline.infer_message(model, None, [pending])["requests"][0]
+        store = app.extensions["inferq"].store
+        written: list[str] = []
+        put_bytes = store.put_bytes
+
+        def spy(key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+            written.append(key)  # and on to the real S3 server
+            put_bytes(key, data, content_type)
+
+        store.put_bytes = spy
         response = app.test_client().post(
             "/v1/models/digits/infer", json=infer_body(rows), headers=stack.auth()
         )
         assert response.status_code == 200, response.get_data(as_text=True)
         assert output(response.get_json(), "label")["data"] == local_onnx(rows)[0].tolist()
         task_id = response.get_json()["id"]
-        assert stack.services.redis.get(f"inferq:payload:{task_id}") is None, "dropped once the task ended"
+        assert written == [f"internal/payloads/{task_id}.json"], "the inputs went to the object store"
+        assert not list(stack.services.redis.scan_iter("inferq:payload:*")), "not to Redis"
+        deadline = time.monotonic() + 10  # deleted just after the waiter was woken
+        while (
+            stack.services.store.keys_older_than("internal/payloads/", far_future())
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        assert not stack.services.store.keys_older_than("internal/payloads/", far_future()), (
+            "dropped at its end"
+        )
         message = stack.client().get(f"/v1/tasks/{task_id}", headers=stack.auth()).get_json()
         assert message["status"] == "succeeded"
     finally:
@@ -224,3 +243,22 @@ def test_a_sync_task_past_its_deadline_is_not_run_and_fails_visibly(stack: Stack
     pipeline.publish(app, "inferq.infer", [message], "gpu.0", pending.task_id, "(expired)", past)
     task = poll_task(stack, f"/v1/tasks/{pending.task_id}")
     assert task["status"] == "failed" and task["error"]["code"] == "expired", task
+
+
+def far_future() -> Any:
+    from datetime import UTC, datetime, timedelta
+
+    return datetime.now(UTC) + timedelta(days=1)
+
+
+def test_stashed_inputs_a_crash_left_are_expired_by_the_upkeep(stack: Stack) -> None:
+    from datetime import timedelta
+
+    from tasks import payloads
+
+    payloads.put(stack.services.store, "left-by-a-crash", b"[]")
+    assert payloads.expire(stack.services.store, timedelta(hours=1)) == 0, "a recent one is kept"
+    assert payloads.load(stack.services.store, "left-by-a-crash") == []
+    assert payloads.expire(stack.services.store, timedelta(0)) >= 1
+    with pytest.raises(LookupError):
+        payloads.load(stack.services.store, "left-by-a-crash")

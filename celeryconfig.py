@@ -113,9 +113,10 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.reconcile_interval,
                 "options": {"queue": CONTROL_QUEUE, "expires": settings.reconcile_interval * 2},
             },
-            # Stashed inputs left in the object store by a crash (tasks/payloads.py).
-            "expire-payloads": {
-                "task": "inferq.maintenance.expire_payloads",
+            # Stashed inputs left in the object store by a crash (tasks/payloads.py), and outcomes
+            # kept there past INFERQ_RESULT_EXPIRES (tasks/results.py).
+            "expire-stored": {
+                "task": "inferq.maintenance.expire_stored",
                 "schedule": 600.0,
                 "options": {"queue": CONTROL_QUEUE, "expires": 600},
             },

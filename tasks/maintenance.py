@@ -13,12 +13,12 @@ from sqlalchemy import select
 from registry import stats
 from registry.deploy import expire_stale_deploys
 from registry.models import SERVING, Deployment, Model
-from tasks import payloads
+from tasks import payloads, results
 from tasks.runtime import Services, services_for
 from workers.triton import TritonError
 
 FLUSH_STATS_TASK = "inferq.maintenance.flush_stats"
-EXPIRE_PAYLOADS_TASK = "inferq.maintenance.expire_payloads"
+EXPIRE_STORED_TASK = "inferq.maintenance.expire_stored"
 # A stashed input is needed until its task ends: it starts within INFERQ_SYNC_DEADLINE or is
 # dropped, then runs (retries included) well within this margin.
 PAYLOAD_MARGIN = timedelta(minutes=10)
@@ -34,14 +34,24 @@ def flush_stats(self: Task) -> int:
     return stats.flush(services.redis, services.db)
 
 
-@shared_task(bind=True, name=EXPIRE_PAYLOADS_TASK, acks_late=True, max_retries=0, time_limit=300, expires=600)
-def expire_payloads(self: Task) -> int:
-    """Delete stashed inputs no task can need any more (what a crash left); returns how many."""
+@shared_task(bind=True, name=EXPIRE_STORED_TASK, acks_late=True, max_retries=0, time_limit=300, expires=600)
+def expire_stored(self: Task) -> dict[str, int]:
+    """Delete from the object store the stashed inputs no task can need any more (what a crash
+    left) and the kept outcomes older than INFERQ_RESULT_EXPIRES; returns how many of each."""
     services = services_for(self.app)
-    older_than = timedelta(seconds=services.settings.sync_deadline) + PAYLOAD_MARGIN
-    removed = payloads.expire(services.store, older_than)
-    if removed:
-        log.warning("expire_payloads: removed %s stashed inputs left by tasks that never ended", removed)
+    settings = services.settings
+    removed = {
+        "inputs": services.store.delete_older_than(
+            payloads.PREFIX, timedelta(seconds=settings.sync_deadline) + PAYLOAD_MARGIN
+        ),
+        "results": services.store.delete_older_than(
+            results.PREFIX, timedelta(seconds=settings.result_expires)
+        ),
+    }
+    if removed["inputs"]:
+        log.warning(
+            "expire_stored: removed %s stashed inputs left by tasks that never ended", removed["inputs"]
+        )
     return removed
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from inferq.retries import call_retrying
@@ -51,11 +50,3 @@ def drop(store: ObjectStore, task_ids: Iterable[str]) -> None:
             store.delete(key_of(task_id))
         except StorageError as exc:
             log.warning("inputs of task %s not deleted (the upkeep will): %s", task_id, exc)
-
-
-def expire(store: ObjectStore, older_than: timedelta) -> int:
-    """Delete inputs written more than ``older_than`` ago; returns how many."""
-    keys = store.keys_older_than(PREFIX, datetime.now(UTC) - older_than)
-    for key in keys:
-        store.delete(key)
-    return len(keys)

@@ -25,7 +25,7 @@ from inferq.settings import gpu_queue
 from registry.catalog import model_by_version, serving_versions
 from registry.models import pick_version, ready_gpus
 from registry.signatures import CheckedTensor, Problem, TensorSpec, check_inference_request, specs_from_json
-from tasks import payloads
+from tasks import payloads, results
 from tasks.bookkeeping import BookkeepingUnavailable, Outcome, TaskRecord
 from tasks.coalesce import Ticket
 from tasks.errors import PipelineError, invalid, unavailable
@@ -164,6 +164,8 @@ def infer_message(model: ResolvedModel, outputs: list[str] | None, batch: Sequen
     requests: list[InferRequest] = []
     for pending in batch:
         request: InferRequest = {"task_id": pending.task_id, "id": pending.id, "tenant": pending.tenant}
+        if not pending.waiting:
+            request["durable"] = True  # its owner polls later: the outcome is kept (tasks.results)
         if pending.inputs is not None:
             request["inputs"] = pending.inputs
         requests.append(request)
@@ -334,12 +336,24 @@ def infer(
     return InferResult(dispatched.task_id, model, answer(dispatched.task_id, outcome))
 
 
+def kept_record(services: Services, task_id: str) -> TaskRecord | None:
+    """The outcome kept in the object store for a request nobody waited for (``tasks.results``)."""
+    try:
+        return results.find(services.store, task_id)
+    except StorageError:
+        return None
+
+
 def task_status(services: Services, tenant: str, task_id: str) -> TaskRecord:
     """A task of ``tenant``'s; another tenant's or an unknown id is 404 alike."""
     try:
         record = services.tasks.get(task_id)
     except BookkeepingUnavailable as exc:
-        raise unavailable("cache", f"Redis cannot be reached: {exc}") from None
+        record = kept_record(services, task_id)
+        if record is None:
+            raise unavailable("cache", f"Redis cannot be reached: {exc}") from None
+    if record is None:
+        record = kept_record(services, task_id)  # Redis lost it: kept if nobody waited for it
     if record is None or record.tenant != tenant:
         raise PipelineError(404, "task-not-found", "Task not found", f"no task {task_id!r}")
     return record

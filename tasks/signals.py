@@ -21,7 +21,7 @@ from celery.signals import (
 from inferq.services import RedisError
 from inferq.settings import gpu_of_queue
 from inferq.tracing import setup_tracing
-from tasks import payloads, sidecar
+from tasks import payloads, results, sidecar
 from tasks.bookkeeping import Outcome, TaskError, describe_error
 from tasks.infer import INFER_TASK, add_attempt, add_tenant_outcomes, settle_breaker
 from tasks.publish import delivered_queue
@@ -102,6 +102,7 @@ def _attempt_ended(
     services = services_for(sender.app)
     attempts = getattr(sender.request, "inferq_attempts", None) or []
     requests = _requests(args)
+    failed: Outcome = {"state": "FAILURE", "error": describe_error(retval)}
     try:
         with services.redis.pipeline(transaction=False) as pipe:
             for attempt in attempts:
@@ -123,7 +124,6 @@ def _attempt_ended(
                 for request, outcome in zip(requests, outcomes, strict=True):
                     services.tasks.add_outcome(pipe, request["task_id"], outcome, _owner(args, request))
             elif state == states.FAILURE:
-                failed: Outcome = {"state": "FAILURE", "error": describe_error(retval)}
                 if requests:
                     add_tenant_outcomes(pipe, args[0], None, 0.0)
                 for request in requests:
@@ -139,6 +139,16 @@ def _attempt_ended(
         log.warning("task %s: outcome not recorded: %s", task_id, exc)
     if state == states.FAILURE or (state == states.SUCCESS and outcomes is not None):
         _drop_inputs(services, requests)  # the requests ended: their large inputs go
+        ended = outcomes if outcomes is not None else [failed] * len(requests)
+        _keep_outcomes(services, args, requests, ended)
+
+
+def _keep_outcomes(services: Any, args: Any, requests: list[InferRequest], outcomes: list[Outcome]) -> None:
+    """Keep the outcomes nobody waits for in the object store too (``tasks.results``)."""
+    for request, outcome in zip(requests, outcomes, strict=True):
+        owner = _owner(args, request)
+        if request.get("durable") and owner:
+            results.keep(services.store, owner, [(request["task_id"], outcome)])
 
 
 def _drop_inputs(services: Any, requests: list[InferRequest]) -> None:
@@ -166,7 +176,9 @@ def _revoked(sender: Any = None, request: Any = None, expired: bool = False, **_
             pipe.execute()
     except RedisError as exc:
         log.warning("task %s: expiry not recorded: %s", getattr(request, "id", "?"), exc)
-    _drop_inputs(services, _requests(getattr(request, "args", None)))
+    items = _requests(getattr(request, "args", None))
+    _drop_inputs(services, items)
+    _keep_outcomes(services, getattr(request, "args", None), items, [outcome] * len(items))
 
 
 @worker_ready.connect

@@ -45,6 +45,7 @@ class InferRequest(TypedDict):
     task_id: str
     id: str | None
     tenant: NotRequired[str]  # the owner, so the outcome's record is whole even if Redis lost it
+    durable: NotRequired[bool]  # nobody waits for it: its outcome is kept in the object store too
     inputs: NotRequired[list[Tensor]]
 
 

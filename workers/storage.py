@@ -211,6 +211,15 @@ class ObjectStore:
                 if item.last_modified is not None and item.last_modified < before
             ]
 
+    def delete_older_than(self, prefix: str, age: timedelta) -> int:
+        """Remove the objects under ``prefix`` last written more than ``age`` ago; returns how many."""
+        from datetime import UTC
+
+        keys = self.keys_older_than(prefix, datetime.now(UTC) - age)
+        for key in keys:
+            self.delete(key)
+        return len(keys)
+
     def delete_prefix(self, prefix: str) -> int:
         """Remove every object whose key starts with ``prefix``; returns how many were listed."""
         from minio.deleteobjects import DeleteObject

@@ -257,8 +257,9 @@ def test_stashed_inputs_a_crash_left_are_expired_by_the_upkeep(stack: Stack) -> 
     from tasks import payloads
 
     payloads.put(stack.services.store, "left-by-a-crash", b"[]")
-    assert payloads.expire(stack.services.store, timedelta(hours=1)) == 0, "a recent one is kept"
+    store = stack.services.store
+    assert store.delete_older_than(payloads.PREFIX, timedelta(hours=1)) == 0, "a recent one is kept"
     assert payloads.load(stack.services.store, "left-by-a-crash") == []
-    assert payloads.expire(stack.services.store, timedelta(0)) >= 1
+    assert store.delete_older_than(payloads.PREFIX, timedelta(0)) >= 1
     with pytest.raises(LookupError):
         payloads.load(stack.services.store, "left-by-a-crash")

@@ -65,3 +65,35 @@ def test_a_task_in_flight_when_redis_loses_its_data_still_reaches_its_owner(
             assert stack.services.redis.ttl(f"inferq:task:{location.rsplit('/', 1)[1]}") > 0
     finally:
         proxy.close()
+
+
+def test_a_result_finished_before_redis_lost_its_data_is_still_given_to_its_owner(stack: Stack) -> None:
+    """Nobody waited for it (``Prefer: respond-async``): its outcome was kept in the object store
+    too, and the owner polling after the FLUSHDB gets it; another tenant still gets 404."""
+    from tasks import results
+    from tests.integration.test_infer import poll_task
+
+    client = stack.client()
+    response = client.post(
+        "/v1/models/digits/infer", json=BODY, headers={**stack.auth(), "Prefer": "respond-async"}
+    )
+    assert response.status_code == 202, response.get_data(as_text=True)
+    location = response.headers["Location"]
+    task = poll_task(stack, location)
+    assert task["status"] == "succeeded"
+    task_id = location.rsplit("/", 1)[1]
+    deadline = time.monotonic() + 10  # kept just after the Redis record was written
+    while results.find(stack.services.store, task_id) is None:
+        assert time.monotonic() < deadline, "the outcome was not kept"
+        time.sleep(0.05)
+    waited = client.post("/v1/models/digits/infer", json=BODY, headers=stack.auth())
+    assert waited.status_code == 200
+    assert results.find(stack.services.store, waited.get_json()["id"]) is None, "a waited-for one is not kept"
+
+    stack.services.redis.flushdb()
+    again = client.get(location, headers=stack.auth())
+    assert again.status_code == 200, again.get_data(as_text=True)
+    body = again.get_json()
+    assert (body["status"], body["result"]["outputs"][0]["data"]) == ("succeeded", [4])
+    assert body["result"] == task["result"] and body["model"] == "digits"
+    assert client.get(location, headers=stack.auth(stack.other_tenant_key)).status_code == 404

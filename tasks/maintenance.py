@@ -117,5 +117,10 @@ def reconcile(services: Services, gpus: Collection[int] | None = None, mark: boo
 
 @shared_task(bind=True, name=RECONCILE_TASK, acks_late=False, max_retries=0, time_limit=600, expires=60)
 def reconcile_tritons(self: Task) -> list[str]:
-    """Reload on each Triton the models the registry says it serves and it does not have."""
-    return reconcile(services_for(self.app))
+    """Reload on each Triton the models the registry says it serves and it does not have.
+
+    With sidecar Tritons (INFERQ_TRITON_SIDECAR) the GPU's URL reaches one replica of several:
+    one that lacks a model (still loading it) must not mark the model missing for the whole
+    GPU class, so the pass only loads; each worker keeps its own Triton (``tasks.sidecar``)."""
+    services = services_for(self.app)
+    return reconcile(services, mark=not services.settings.triton_sidecar)

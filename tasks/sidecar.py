@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from sqlalchemy import select
 
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 _stop = threading.Event()
+_failed_until: dict[str, float] = {}  # Triton model name -> monotonic time before which no new try
+HEAL_BACKOFF = 30.0
 
 
 def serves(services: Services, gpu: int, triton_name: str) -> bool:
@@ -37,8 +40,12 @@ def serves(services: Services, gpu: int, triton_name: str) -> bool:
 
 def heal(services: Services, gpu: int, triton_name: str) -> bool:
     """Load ``triton_name`` into this worker's own Triton if it should be there; True when it is
-    there now (another thread may have loaded it meanwhile). False outside sidecar mode."""
-    if not services.settings.triton_sidecar or not serves(services, gpu, triton_name):
+    there now (another thread may have loaded it meanwhile). False outside sidecar mode, and for
+    ``HEAL_BACKOFF`` seconds after a load that failed (a model this Triton cannot load is not
+    asked for again on every request)."""
+    if not services.settings.triton_sidecar:
+        return False
+    if time.monotonic() < _failed_until.get(triton_name, 0.0) or not serves(services, gpu, triton_name):
         return False
     with _locks_guard:
         lock = _locks.setdefault(triton_name, threading.Lock())
@@ -52,6 +59,7 @@ def heal(services: Services, gpu: int, triton_name: str) -> bool:
                 endpoint.load_model(triton_name)
         except TritonError as exc:
             log.warning("sidecar: gpu %s: loading %s failed: %s", gpu, triton_name, exc)
+            _failed_until[triton_name] = time.monotonic() + HEAL_BACKOFF
             return False
     return True
 

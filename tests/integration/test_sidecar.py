@@ -91,3 +91,41 @@ def test_without_sidecar_mode_a_missing_model_is_not_loaded_by_the_worker(
         # The control worker's reconciler is in charge of a shared Triton, not each worker.
         assert response.status_code in (503, 500), response.get_data(as_text=True)
         assert "iris" not in triton.loaded_models()
+
+
+def test_the_control_reconciler_never_marks_a_sidecar_class_missing(stack: Stack) -> None:
+    """Its pass reaches one replica of the class; one that lacks (or cannot load) a model must not
+    take the model off the whole class: with INFERQ_TRITON_SIDECAR the pass only loads."""
+    import dataclasses
+
+    from registry.models import Model, set_deployment, settle_status
+    from tasks import create_celery_app
+
+    gpu = GPU + 2
+    url = stack.settings.triton_urls[0]
+    with stack.services.db.session() as session:
+        row = Model(
+            name=f"absent-{uuid.uuid4().hex[:6]}",
+            version="1",
+            triton_name="no-such-model-here",  # Triton cannot load it: the load fails
+            inputs=[{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
+            outputs=[{"name": "label", "datatype": "INT64", "shape": [-1]}],
+        )
+        session.add(row)
+        session.flush()
+        set_deployment(session, row, gpu, "ready")
+        settle_status(row)
+        model_id = row.id
+    for sidecar, marked in ((True, False), (False, True)):
+        settings = dataclasses.replace(
+            stack.settings,
+            gpus=(gpu,),
+            triton_urls={gpu: url},
+            triton_sidecar=sidecar,
+        )
+        app = create_celery_app(settings)
+        app.loader.import_default_modules()
+        actions = app.tasks["inferq.maintenance.reconcile"].apply().get(timeout=60)
+        assert any("no-such-model-here missing, reload failed" in action for action in actions), actions
+        assert stack.services.gpus.loads([gpu], model_id)[gpu].missing is marked, (sidecar, actions)
+        stack.services.gpus.clear_missing(model_id, gpu)

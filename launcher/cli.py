@@ -482,7 +482,8 @@ def models_undeploy(settings: Settings, ref: str, gpus: str | None, as_json: boo
 @click.argument("ref")
 @click.pass_obj
 def models_stats(settings: Settings, ref: str) -> None:
-    """Requests, errors and latency percentiles of a model, overall and per GPU (JSON).
+    """Requests, errors and latency percentiles of a model (JSON): with an admin key the platform's,
+    overall and per GPU; with a tenant key those of the tenant's own requests.
 
     Example: inferq models stats digits:1
     """

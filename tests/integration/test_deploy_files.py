@@ -1,4 +1,4 @@
-"""The deployment files come up: every inferq process of docker/docker-compose.yml (profile gpu) and
+"""The deployment files come up: every inferq process of docker/docker-compose.yml (profile gpu, then cpu) and
 of docker/k8s is started here with its command and environment exactly as the file writes them,
 outside Docker (there is no engine here), against real local services: a fresh PostgreSQL
 database, an empty S3 store (no bucket), Redis, and the test Triton. Then /readyz must answer 200,
@@ -282,10 +282,13 @@ def compose_processes(local: Local, profiles: set[str]) -> tuple[Process, list[P
     return init, long_running
 
 
-def test_compose_comes_up_from_the_files_commands(local: Local, tmp_path: Path) -> None:
-    init, long_running = compose_processes(local, {"gpu"})
+@pytest.mark.parametrize("profile", ["gpu", "cpu"])
+def test_compose_comes_up_from_the_files_commands(local: Local, tmp_path: Path, profile: str) -> None:
+    init, long_running = compose_processes(local, {profile})
     names = {process.name for process in long_running}
-    assert {"api", "worker-gpu0", "worker-gpu1", "worker-control", "beat", "flower"} <= names, names
+    workers = {f"worker-{profile}0", f"worker-{profile}1"}
+    assert {"api", "worker-control", "beat", "flower"} | workers <= names, names
+    assert not {"worker-gpu0", "worker-cpu0"} - workers & names, "one profile's workers only"
     with start(local, init, long_running, tmp_path) as running:
         # Docker's health checks pass as Docker would run them (in the container's environment).
         for process in long_running:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -195,6 +196,9 @@ def infer(self: Task, message: InferMessage) -> int:
     gpu = gpu_of_queue(queue)
     if gpu is None:
         raise InferenceFailed(f"inference must run on a gpu.N queue, not {queue!r}", "misrouted")
+    deadline = message.get("deadline")
+    if deadline is not None and time.time() > deadline:
+        raise InferenceFailed("the inference was not started before its deadline", "expired")
     services = services_for(self.app)
     if (self.request.delivery_info or {}).get("redelivered"):
         refuse_poison(services, self.request.id, self.request.retries)

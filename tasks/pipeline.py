@@ -242,6 +242,7 @@ def publish_requests(
         message = infer_message(model, outputs, accepted)
         where = f"({model.name}:{model.version}, {len(accepted)} request{'s' if len(accepted) > 1 else ''})"
         deadline = datetime.now(UTC) + timedelta(seconds=settings.sync_deadline)
+        message["deadline"] = deadline.timestamp()
         publish(app, INFER_TASK, [message], gpu_queue(gpu), accepted[0].task_id, where, deadline)
     except (NoRoute, PipelineError) as exc:
         failure = exc if isinstance(exc, PipelineError) else no_gpu(exc)

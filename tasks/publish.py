@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu.exceptions import OperationalError
@@ -18,6 +19,15 @@ PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "i
 # A delayed message on RabbitMQ quorum queues (native delayed delivery) arrives with its delay in
 # 28 binary levels before the routing key: "0.0.[...].1.1.gpu.7".
 DELAYED_ROUTING_KEY = re.compile(r"(?:[01]\.){28}(.+)")
+
+
+def _worker_sees_expired(app: Celery) -> bool:
+    """Whether an expired message still reaches a worker, which then records it as expired.
+
+    Celery turns ``expires`` into the message's TTL on RabbitMQ, which then deletes it unseen: the
+    request would stay ``queued`` until its record expires. There, the infer task checks the
+    deadline in its message (``InferMessage.deadline``) instead."""
+    return urlsplit(str(app.conf.broker_url or "")).scheme in ("redis", "rediss", "")
 
 
 def delivered_queue(delivery_info: Mapping[str, Any] | None) -> str:
@@ -50,6 +60,8 @@ def publish(
     seconds before a worker may start it (at least 1 on RabbitMQ quorum queues, whose delayed
     delivery counts whole seconds).
     """
+    if expires is not None and not _worker_sees_expired(app):
+        expires = None  # the task checks the deadline its message carries instead
     try:
         app.send_task(
             name,

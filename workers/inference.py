@@ -61,6 +61,7 @@ class InferMessage(TypedDict):
     batchable: bool  # every input and output has a variable first dimension
     gpus: list[int]  # where the model was ready when the message was sent (a retry may go to another)
     requests: list[InferRequest]
+    deadline: NotRequired[float]  # epoch seconds: not started by then, the requests fail as expired
 
 
 class InferAnswer(TypedDict):

@@ -195,6 +195,41 @@ def test_a_retry_after_a_back_off_goes_through_rabbitmq_delayed_delivery(rabbit:
         app.extensions["celery"].close()
 
 
+def test_a_request_past_its_deadline_on_rabbitmq_ends_expired_not_queued_forever(rabbit: Rabbit) -> None:
+    """RabbitMQ would delete a message past its TTL unseen (Celery turns ``expires`` into one):
+    there the message carries its deadline and the task fails it as ``expired`` when it arrives."""
+    from tests.fixtures import digits_copy_ready
+    from tests.integration.test_infer import poll_task
+    from webapp import create_app
+
+    gpu = 6  # no worker yet: the message waits in gpu.6 past its deadline
+    settings = dataclasses.replace(
+        rabbit.settings,
+        gpus=(*rabbit.settings.gpus, gpu),
+        triton_urls={**rabbit.settings.triton_urls, gpu: rabbit.settings.triton_urls[0]},
+        sync_deadline=2.0,
+    )
+    name = f"late-{uuid.uuid4().hex[:6]}"
+    digits_copy_ready(rabbit.stack, name, [gpu])
+    app = create_app(settings)
+    worker = None
+    try:
+        response = app.test_client().post(
+            f"/v1/models/{name}/infer", json=BODY, headers={**rabbit.stack.auth(), "Prefer": "respond-async"}
+        )
+        assert response.status_code == 202, response.get_data(as_text=True)
+        time.sleep(3)
+        worker = rabbit.gpu_worker(gpu, "amqp-gpu6-late", settings)
+        view = dataclasses.replace(rabbit.stack, app=app)
+        task = poll_task(view, response.headers["Location"])
+        assert task["status"] == "failed" and task["error"]["code"] == "expired", task
+    finally:
+        if worker is not None:
+            worker.stop()
+        app.extensions["inferq"].close()
+        app.extensions["celery"].close()
+
+
 def test_a_batch_runs_on_rabbitmq(rabbit: Rabbit) -> None:
     expected = make_input(1500, bad_every=60, prefix="amqp")
     file = upload(rabbit.stack, expected.data)

@@ -11,6 +11,7 @@ a message. Nothing here holds a database session while waiting.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import uuid
 from collections.abc import Hashable, Sequence
@@ -39,6 +40,7 @@ from workers.storage import StorageError
 MAX_ID_LENGTH = 256
 
 # Error codes of failed inferences -> the status a waiting request gets.
+log = logging.getLogger(__name__)
 ERROR_STATUS = {"invalid_request": 400, "backend_unavailable": 503, "model_not_loaded": 503}
 
 
@@ -141,12 +143,19 @@ class Pending:
     waiting: bool
 
 
+def _size_bound(tensor: CheckedTensor) -> int:
+    if tensor.datatype == "BYTES":
+        return sum(len(str(value)) * 6 + 2 for value in tensor.data)  # escapes at most \uXXXX
+    return len(tensor.data) * 24
+
+
 def prepare(request: CheckedRequest, tenant: str, waiting: bool, inline_max: int) -> Pending:
     """A request's task id, and its inputs inline, or encoded to stash when they are too large to carry."""
     inputs: Any = [tensor.as_dict() for tensor in request.inputs]
     stash = None
-    # A JSON number takes at most ~24 bytes: only encode to measure when the inputs may be large.
-    if sum(len(t.data) for t in request.inputs) * 24 > inline_max:
+    # A JSON number takes at most ~24 bytes, a string (BYTES) its length and quoting: only encode to
+    # measure when the inputs may be large.
+    if sum(_size_bound(t) for t in request.inputs) > inline_max:
         encoded = json.dumps(inputs, separators=(",", ":")).encode()
         if len(encoded) > inline_max:
             inputs, stash = None, encoded
@@ -188,7 +197,9 @@ def publish_requests(
     """Record ``batch`` and read the GPUs' loads in one Redis round trip, route, then publish one message.
 
     Returns, per request, the error it failed with (429 over its tenant's waiting cap,
-    503 when no GPU can take it or the broker will not), or None once it is queued.
+    503 when no GPU can take it, the broker will not, or its large inputs could not be stored),
+    or None once it is queued. Large inputs are stored after the cap check and before the publish:
+    a request refused costs no write, and one store failure fails only its own request.
     """
     settings = services.settings
     book = services.tasks
@@ -196,14 +207,6 @@ def publish_requests(
         gpus = candidates(model.gpus, settings.gpus)
     except NoRoute as exc:
         return [no_gpu(exc)] * len(batch)  # nothing recorded yet
-    stashed = [p.task_id for p in batch if p.stash is not None]
-    try:
-        for p in batch:
-            if p.stash is not None:
-                payloads.put(services.store, p.task_id, p.stash)
-    except StorageError as exc:
-        payloads.drop(services.store, stashed)
-        return [unavailable("object store", f"the inputs could not be stored: {exc}")] * len(batch)
     try:
         with services.redis.pipeline(transaction=False) as pipe:
             waits = [
@@ -212,7 +215,6 @@ def publish_requests(
             parse_loads = services.gpus.add_loads(pipe, gpus, model.id)
             replies = pipe.execute()
     except RedisError as exc:
-        payloads.drop(services.store, stashed)
         return [unavailable("cache", f"Redis cannot be reached: {exc}")] * len(batch)
     cap = settings.sync_waiting_per_tenant
     errors: list[PipelineError | None] = []
@@ -220,8 +222,6 @@ def publish_requests(
     for pending, at in zip(batch, waits, strict=True):
         if book.over_cap(replies, at, cap):
             book.forget(pending.task_id, pending.tenant)
-            if pending.stash is not None:
-                payloads.drop(services.store, [pending.task_id])
             errors.append(
                 PipelineError(
                     429,
@@ -232,6 +232,9 @@ def publish_requests(
                     retry_after=1,
                 )
             )
+        elif pending.stash is not None and not stash(services, pending):
+            book.forget(pending.task_id, pending.tenant if pending.waiting else None)
+            errors.append(unavailable("storage", "the request's inputs could not be stored; retry later"))
         else:
             errors.append(None)
             accepted.append(pending)
@@ -251,6 +254,19 @@ def publish_requests(
         payloads.drop(services.store, [p.task_id for p in accepted if p.stash is not None])
         return [failure if error is None else error for error in errors]
     return errors
+
+
+def stash(services: Services, pending: Pending) -> bool:
+    """Store the large inputs of ``pending`` in the object store (``tasks.payloads``); False when
+    the store would not take them (logged: the client is not shown the store's address)."""
+    assert pending.stash is not None
+    try:
+        payloads.put(services.store, pending.task_id, pending.stash)
+    except StorageError as exc:
+        log.warning("task %s: inputs not stored: %s", pending.task_id, exc)
+        payloads.drop(services.store, [pending.task_id])
+        return False
+    return True
 
 
 def no_gpu(exc: NoRoute) -> PipelineError:

@@ -263,3 +263,41 @@ def test_stashed_inputs_a_crash_left_are_expired_by_the_upkeep(stack: Stack) -> 
     assert store.delete_older_than(payloads.PREFIX, timedelta(0)) >= 1
     with pytest.raises(LookupError):
         payloads.load(stack.services.store, "left-by-a-crash")
+
+
+def test_a_store_failure_fails_only_the_request_whose_inputs_it_could_not_keep(stack: Stack) -> None:
+    """Requests of different tenants share a message: the object store refusing one's large inputs
+    is a 503 for that one (with nothing of the store's address in it), not for the others."""
+    import dataclasses
+
+    from tasks import pipeline
+    from webapp import create_app
+    from workers.storage import StorageUnavailable
+
+    app = create_app(dataclasses.replace(stack.settings, inline_payload_max=1024))
+    try:
+        services = app.extensions["inferq"]
+        model = pipeline.resolve_model(services, "digits", "1")
+        big = pipeline.prepare(
+            pipeline.check_request(model, infer_body(digits_rows(0, 20)[0])), "acme", False, 1024
+        )
+        small = pipeline.prepare(
+            pipeline.check_request(model, infer_body(digits_rows(0, 1)[0])), "globex", False, 1024
+        )
+        assert big.stash is not None and small.stash is None
+
+        def refuse(*_: Any, **__: Any) -> None:
+            raise StorageUnavailable("http://internal-s3:9000: down")
+
+        services.store.put_bytes = refuse
+        errors = pipeline.publish_requests(services, app.extensions["celery"], model, None, [big, small])
+        assert errors[1] is None, "the inline request of another tenant is queued"
+        assert errors[0] is not None and (errors[0].status, errors[0].code) == (503, "storage-unavailable")
+        assert "internal-s3" not in errors[0].detail
+        assert services.tasks.get(big.task_id) is None, "the refused request leaves no record"
+        assert (
+            poll_task(stack, f"/v1/tasks/{small.task_id}", key=stack.other_tenant_key)["status"]
+            == "succeeded"
+        )
+    finally:
+        app.extensions["inferq"].close()

@@ -108,3 +108,16 @@ def test_back_off_is_whole_seconds_growing_to_five() -> None:
     from tasks.infer import back_off
 
     assert [back_off(n) for n in range(6)] == [1.0, 1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def test_large_string_inputs_travel_by_reference_too() -> None:
+    """A BYTES input is measured by its strings, not its element count: one 300 kB string is over
+    a 256 KiB inline limit."""
+    from registry.signatures import CheckedTensor
+    from tasks.pipeline import CheckedRequest, prepare
+
+    big = CheckedRequest([CheckedTensor("text", "BYTES", (1,), ["x" * 300_000])], None, None)
+    pending = prepare(big, "acme", False, 256 * 1024)
+    assert pending.inputs is None and pending.stash is not None and len(pending.stash) > 300_000
+    small = CheckedRequest([CheckedTensor("text", "BYTES", (2,), ["short", "strings"])], None, None)
+    assert prepare(small, "acme", False, 256 * 1024).stash is None

@@ -21,6 +21,7 @@ from tasks.publish import delivered_queue, publish
 from tasks.routing import NoRoute, candidates, choose_gpu
 from tasks.runtime import Services, services_for
 from workers.inference import InferMessage, MessageResult, Tensor, is_failure, run_message
+from workers.storage import StorageUnavailable
 from workers.triton import TritonModelNotFound, TritonUnavailable
 
 INFER_TASK = "inferq.infer"
@@ -223,6 +224,14 @@ def infer(self: Task, message: InferMessage) -> int:
             raise InferenceFailed(str(exc), exc.code) from exc
         # No other GPU: this one again after a back-off. Published to its queue by name (not
         # Celery's retry, which on quorum queues would lose the GPU queue to the default route).
+        send_again(self, message, gpu, countdown=back_off(self.request.retries))
+        self.request.inferq_rerouted = gpu
+        return 0
+    except StorageUnavailable as exc:  # the object store holding large inputs: try again later
+        log.warning("task %s: inputs unreadable on gpu.%s: %s", self.request.id, gpu, exc)
+        if self.request.retries >= self.max_retries:
+            message_text = "the object store holding the inputs is unavailable"
+            raise InferenceFailed(message_text, "storage_unavailable") from exc
         send_again(self, message, gpu, countdown=back_off(self.request.retries))
         self.request.inferq_rerouted = gpu
         return 0

@@ -41,7 +41,12 @@ MAX_ID_LENGTH = 256
 
 # Error codes of failed inferences -> the status a waiting request gets.
 log = logging.getLogger(__name__)
-ERROR_STATUS = {"invalid_request": 400, "backend_unavailable": 503, "model_not_loaded": 503}
+ERROR_STATUS = {
+    "invalid_request": 400,
+    "backend_unavailable": 503,
+    "model_not_loaded": 503,
+    "storage_unavailable": 503,
+}
 
 
 @dataclass(frozen=True)

@@ -301,3 +301,28 @@ def test_a_store_failure_fails_only_the_request_whose_inputs_it_could_not_keep(s
         )
     finally:
         app.extensions["inferq"].close()
+
+
+def test_inputs_the_worker_cannot_read_are_retried_then_a_clean_503(stack: Stack, tmp_path: Any) -> None:
+    """The object store holding a request's large inputs does not answer the worker: the task is
+    sent again after back-offs, then fails as storage_unavailable (503), naming no address."""
+    from tests.fixtures import extra_gpu
+
+    with extra_gpu(
+        stack,
+        tmp_path,
+        9,
+        stack.settings.triton_urls[0],
+        inline_payload_max=1024,
+        worker_overrides={"s3_endpoint": "http://127.0.0.1:1"},
+    ) as gpu:
+        response = gpu.app.test_client().post(
+            f"/v1/models/{gpu.model}/infer?timeout=40",
+            json=infer_body(digits_rows(0, 20)[0]),
+            headers=stack.auth(),
+        )
+        assert response.status_code == 503, response.get_data(as_text=True)
+        problem = response.get_json()
+        assert problem["type"].endswith("storage-unavailable"), problem
+        assert "127.0.0.1:1" not in problem["detail"] and "payloads" not in problem["detail"]
+        assert gpu.worker.log_tail(300).count("sent to gpu.9 after a failed attempt") == 3

@@ -18,6 +18,7 @@ from typing import Any, Literal, TypedDict
 
 from inferq.services import Redis, RedisError
 
+POLLED_FIELD = "polled"  # the owner was answered 202 and will poll
 RECORD_KEY = "inferq:task:{}"
 WAKE_KEY = "inferq:outcome:{}"
 WAITING_KEY = "inferq:waiting:{}"
@@ -149,6 +150,33 @@ class TaskBook:
             outcome=json.loads(fields["outcome"]) if "outcome" in fields else None,
             note=json.loads(fields["note"]) if fields.get("note") else None,
         )
+
+    def mark_polled(self, task_id: str) -> Outcome | None:
+        """The owner stopped waiting and will poll: mark the record so the worker keeps its outcome
+        in the object store too (``tasks.results``). Returns the outcome if it is already there
+        (then nothing needs keeping); None otherwise, or when Redis does not answer."""
+        key = RECORD_KEY.format(task_id)
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.hset(key, POLLED_FIELD, "1")
+                pipe.expire(key, self.ttl)
+                pipe.hget(key, "outcome")
+                _, _, raw = pipe.execute()
+        except RedisError:
+            return None
+        if raw is None:
+            return None
+        outcome: Outcome = json.loads(raw)
+        return outcome
+
+    @staticmethod
+    def add_polled_check(pipe: Any, task_id: str) -> int:
+        """Queue the read of the mark :meth:`mark_polled` leaves; returns the index of its reply
+        (truthy: keep the outcome). Queue it after :meth:`add_outcome`: with the API's write and
+        read in the other order, one of the two sides always sees the other."""
+        at = len(pipe.command_stack)
+        pipe.hget(RECORD_KEY.format(task_id), POLLED_FIELD)
+        return at
 
     def count_redelivery(self, task_id: str, attempt: int) -> int:
         """One more delivery of attempt ``attempt`` of ``task_id`` after its worker died; how many so far."""

@@ -354,6 +354,10 @@ def infer(
         return InferResult(dispatched.task_id, model)
     outcome = wait(services, dispatched, timeout)
     if outcome is None:
+        # The client is told to poll: from now on the outcome is kept like an async one. If it
+        # arrived meanwhile, it is the answer after all.
+        outcome = services.tasks.mark_polled(dispatched.task_id)
+    if outcome is None:
         return InferResult(dispatched.task_id, model)
     return InferResult(dispatched.task_id, model, answer(dispatched.task_id, outcome))
 

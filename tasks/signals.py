@@ -5,6 +5,7 @@ breaker update, the in-flight count, and each request's outcome with the wake-up
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from celery import Task, states
@@ -103,6 +104,8 @@ def _attempt_ended(
     attempts = getattr(sender.request, "inferq_attempts", None) or []
     requests = _requests(args)
     failed: Outcome = {"state": "FAILURE", "error": describe_error(retval)}
+    polled_at: dict[str, int] = {}  # task id -> reply index of its "client polls" mark
+    keep_all = False
     try:
         with services.redis.pipeline(transaction=False) as pipe:
             for attempt in attempts:
@@ -123,11 +126,13 @@ def _attempt_ended(
                 add_tenant_outcomes(pipe, args[0], outcomes, latency)
                 for request, outcome in zip(requests, outcomes, strict=True):
                     services.tasks.add_outcome(pipe, request["task_id"], outcome, _owner(args, request))
+                    polled_at[request["task_id"]] = services.tasks.add_polled_check(pipe, request["task_id"])
             elif state == states.FAILURE:
                 if requests:
                     add_tenant_outcomes(pipe, args[0], None, 0.0)
                 for request in requests:
                     services.tasks.add_outcome(pipe, request["task_id"], failed, _owner(args, request))
+                    polled_at[request["task_id"]] = services.tasks.add_polled_check(pipe, request["task_id"])
             elif state == states.RETRY:
                 note = {"code": "retrying", "message": str(getattr(retval, "exc", retval) or "")}
                 for request in requests:
@@ -137,17 +142,26 @@ def _attempt_ended(
             settle_breaker(services, attempts[-1], replies[failures_at])
     except RedisError as exc:  # the waiter falls back to 202; the client polls
         log.warning("task %s: outcome not recorded: %s", task_id, exc)
+        keep_all = True  # the object store's copy is the only one
     if state == states.FAILURE or (state == states.SUCCESS and outcomes is not None):
         _drop_inputs(services, requests)  # the requests ended: their large inputs go
         ended = outcomes if outcomes is not None else [failed] * len(requests)
-        _keep_outcomes(services, args, requests, ended)
+        polled = {tid for tid, at in polled_at.items() if keep_all or replies[at]}
+        _keep_outcomes(services, args, requests, ended, polled)
 
 
-def _keep_outcomes(services: Any, args: Any, requests: list[InferRequest], outcomes: list[Outcome]) -> None:
-    """Keep the outcomes nobody waits for in the object store too (``tasks.results``)."""
+def _keep_outcomes(
+    services: Any,
+    args: Any,
+    requests: list[InferRequest],
+    outcomes: list[Outcome],
+    polled: Collection[str] = (),
+) -> None:
+    """Keep the outcomes nobody waits for in the object store too (``tasks.results``): sent with
+    ``Prefer: respond-async``, or whose client was answered 202 and polls (``polled``)."""
     for request, outcome in zip(requests, outcomes, strict=True):
         owner = _owner(args, request)
-        if request.get("durable") and owner:
+        if (request.get("durable") or request["task_id"] in polled) and owner:
             results.keep(services.store, owner, [(request["task_id"], outcome)])
 
 

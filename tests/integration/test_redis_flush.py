@@ -97,3 +97,35 @@ def test_a_result_finished_before_redis_lost_its_data_is_still_given_to_its_owne
     assert (body["status"], body["result"]["outputs"][0]["data"]) == ("succeeded", [4])
     assert body["result"] == task["result"] and body["model"] == "digits"
     assert client.get(location, headers=stack.auth(stack.other_tenant_key)).status_code == 404
+
+
+def test_a_sync_request_answered_202_keeps_its_outcome_too(stack: Stack, tmp_path: Path) -> None:
+    """Its client stopped waiting (?timeout passed: 202 and Location): the outcome is kept like an
+    async one's, so polling after Redis lost its data still gets it."""
+    from tests.fixtures import extra_gpu
+    from tests.integration.test_infer import poll_task
+    from tests.integration.test_worker_killed import HoldingProxy
+
+    host, port = stack.settings.triton_urls[0].split("//")[1].split(":")
+    proxy = HoldingProxy((host, int(port)))
+    try:
+        with extra_gpu(stack, tmp_path, 4, f"http://127.0.0.1:{proxy.port}") as gpu:
+            client = gpu.app.test_client()
+            response = client.post(
+                f"/v1/models/{gpu.model}/infer?timeout=0.5", json=BODY, headers=stack.auth()
+            )
+            assert response.status_code == 202, response.get_data(as_text=True)
+            location = response.headers["Location"]
+            proxy.release.set()
+            task = poll_task(stack, location)
+            assert task["status"] == "succeeded"
+            stack.services.redis.flushdb()
+            deadline = time.monotonic() + 10  # kept just after the Redis record was written
+            again = client.get(location, headers=stack.auth())
+            while again.status_code == 404 and time.monotonic() < deadline:
+                time.sleep(0.05)
+                again = client.get(location, headers=stack.auth())
+            assert again.status_code == 200, again.get_data(as_text=True)
+            assert again.get_json()["result"] == task["result"]
+    finally:
+        proxy.close()

@@ -363,11 +363,13 @@ def infer(
 
 
 def kept_record(services: Services, task_id: str) -> TaskRecord | None:
-    """The outcome kept in the object store for a request nobody waited for (``tasks.results``)."""
+    """The outcome kept in the object store for a request nobody waited for (``tasks.results``);
+    an object store that does not answer is a 503, not a 404 a client would take as final."""
     try:
         return results.find(services.store, task_id)
-    except StorageError:
-        return None
+    except StorageError as exc:
+        log.warning("task %s: kept outcome unreadable: %s", task_id, exc)
+        raise unavailable("storage", "the task's record cannot be read now; retry later") from None
 
 
 def task_status(services: Services, tenant: str, task_id: str) -> TaskRecord:
@@ -375,7 +377,10 @@ def task_status(services: Services, tenant: str, task_id: str) -> TaskRecord:
     try:
         record = services.tasks.get(task_id)
     except BookkeepingUnavailable as exc:
-        record = kept_record(services, task_id)
+        try:
+            record = kept_record(services, task_id)
+        except PipelineError:
+            record = None
         if record is None:
             raise unavailable("cache", f"Redis cannot be reached: {exc}") from None
     if record is None:

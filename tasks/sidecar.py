@@ -50,6 +50,8 @@ def heal(services: Services, gpu: int, triton_name: str) -> bool:
     with _locks_guard:
         lock = _locks.setdefault(triton_name, threading.Lock())
     with lock:  # one load per model at a time; the other threads wait for it
+        if time.monotonic() < _failed_until.get(triton_name, 0.0):
+            return False  # it failed while this thread waited for the lock
         endpoint = services.triton(gpu)
         try:
             if triton_name not in endpoint.loaded_models():

@@ -216,35 +216,35 @@ class ObjectStore:
         from datetime import UTC
 
         keys = self.keys_older_than(prefix, datetime.now(UTC) - age)
-        for key in keys:
-            self.delete(key)
+        for start in range(0, len(keys), DELETE_BATCH):
+            self._remove_batch(keys[start : start + DELETE_BATCH])
         return len(keys)
+
+    def _remove_batch(self, names: list[str]) -> None:
+        """Delete up to DELETE_BATCH objects in one request."""
+        from minio.deleteobjects import DeleteObject
+
+        errors = self._call("remove_objects", self.bucket, [DeleteObject(name) for name in names])
+        with self._translated():
+            failed = [f"{error.name}: {error.code}" for error in errors]  # the call is lazy
+        if failed:
+            raise StorageError(f"could not delete {len(failed)} objects: {', '.join(failed[:5])}")
 
     def delete_prefix(self, prefix: str) -> int:
         """Remove every object whose key starts with ``prefix``; returns how many were listed."""
-        from minio.deleteobjects import DeleteObject
-
         if not prefix:
             raise ValueError("refusing to delete a whole bucket: give a non-empty prefix")
         count = 0
         batch: list[str] = []
-
-        def remove(names: list[str]) -> None:
-            errors = self._call("remove_objects", self.bucket, [DeleteObject(name) for name in names])
-            with self._translated():
-                failed = [f"{error.name}: {error.code}" for error in errors]  # the call is lazy
-            if failed:
-                raise StorageError(f"could not delete {len(failed)} objects: {', '.join(failed[:5])}")
-
         listing = self._call("list_objects", self.bucket, prefix=prefix, recursive=True)
         with self._translated():
             for item in listing:
                 batch.append(item.object_name)
                 if len(batch) == DELETE_BATCH:
-                    remove(batch)
+                    self._remove_batch(batch)
                     count, batch = count + len(batch), []
         if batch:
-            remove(batch)
+            self._remove_batch(batch)
             count += len(batch)
         return count
 

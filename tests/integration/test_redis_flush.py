@@ -129,3 +129,19 @@ def test_a_sync_request_answered_202_keeps_its_outcome_too(stack: Stack, tmp_pat
             assert again.get_json()["result"] == task["result"]
     finally:
         proxy.close()
+
+
+def test_with_redis_record_gone_and_the_object_store_down_a_poll_is_503_not_404(stack: Stack) -> None:
+    """A 404 is final to a client; not knowing (the object store holding kept outcomes does not
+    answer) must say "retry later" instead."""
+    import dataclasses
+
+    from webapp import create_app
+
+    app = create_app(dataclasses.replace(stack.settings, s3_endpoint="http://127.0.0.1:1"))
+    try:
+        response = app.test_client().get("/v1/tasks/" + "ab" * 16, headers=stack.auth())
+        assert response.status_code == 503, response.get_data(as_text=True)
+        assert response.headers["Retry-After"] and "127.0.0.1:1" not in response.get_data(as_text=True)
+    finally:
+        app.extensions["inferq"].close()

@@ -10,7 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+    wait_fixed,
+)
 
 T = TypeVar("T")
 
@@ -24,6 +33,30 @@ def retrying(
         retry=retry_if_exception_type(errors),
         stop=stop_after_attempt(attempts) | stop_after_delay(seconds),
         wait=wait_exponential(multiplier=first_wait, max=max(first_wait, seconds / 4)),
+        reraise=True,
+    )
+
+
+def waiting(
+    transient: Callable[[BaseException], bool],
+    seconds: float,
+    on_wait: Callable[[BaseException], None],
+    interval: float = 2.0,
+) -> Retrying:
+    """A tenacity policy for waiting on a service that is still starting: retry what
+    ``transient`` says may pass, every ``interval`` seconds for ``seconds`` at most, calling
+    ``on_wait`` with the error before each wait; anything else is re-raised at once."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        if error is not None:
+            on_wait(error)
+
+    return Retrying(
+        retry=retry_if_exception(transient),
+        stop=stop_after_delay(seconds),
+        wait=wait_fixed(interval),
+        before_sleep=before_sleep,
         reraise=True,
     )
 

@@ -92,19 +92,37 @@ def init(settings: Settings, wait: float) -> None:
     and create the S3 bucket if it is missing. Safe to run again (what the Compose `init` service and
     the Kubernetes `inferq-init` Job run).
     """
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-    from inferq.retries import call_retrying
+    from inferq.retries import waiting
     from inferq.settings import mask_secrets
     from registry.db import upgrade
-    from workers.storage import ObjectStore, StorageUnavailable
+    from workers.storage import ObjectStore, StorageError, StorageUnavailable
 
-    attempts = max(1, int(wait))  # waits grow to wait/4: the deadline, not the count, ends it
-    call_retrying(lambda: upgrade(settings.database_url), OperationalError, seconds=wait, attempts=attempts)
-    click.echo(f"database  {mask_secrets(settings.database_url)} migrated")
+    def transient(exc: BaseException) -> bool:
+        """Still starting (refused, timed out), not wrong (credentials, a missing database)."""
+        text = str(exc).lower()
+        permanent = ("authentication failed", "does not exist", "access denied", "invalid")
+        return isinstance(exc, (OperationalError, StorageUnavailable)) and not any(
+            p in text for p in permanent
+        )
+
+    def note(what: str) -> Callable[[BaseException], None]:
+        def say(exc: BaseException) -> None:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            click.echo(f"init: waiting for {what}: {mask_secrets(first)}", err=True)
+
+        return say
+
     s = settings
-    store = ObjectStore(s.s3_endpoint, s.s3_access_key, s.s3_secret_key, s.s3_bucket, s.s3_region)
-    call_retrying(store.ensure_bucket, StorageUnavailable, seconds=wait, attempts=attempts)
+    try:
+        waiting(transient, wait, note("the database"))(lambda: upgrade(s.database_url))
+        click.echo(f"database  {mask_secrets(s.database_url)} migrated")
+        store = ObjectStore(s.s3_endpoint, s.s3_access_key, s.s3_secret_key, s.s3_bucket, s.s3_region)
+        waiting(transient, wait, note("the object store"))(store.ensure_bucket)
+    except (SQLAlchemyError, StorageError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise click.ClickException(f"init failed: {mask_secrets(first)}") from None
     click.echo(f"s3        {s.s3_endpoint} bucket {s.s3_bucket} ready")
 
 

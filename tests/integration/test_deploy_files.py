@@ -383,3 +383,22 @@ def test_kubernetes_manifests_come_up_from_their_commands(local: Local, tmp_path
     assert all(p.env.get("INFERQ_TRITON_SIDECAR") == "true" for p in sidecars)
     with start(local, init, long_running, tmp_path) as running:
         operator_deploys_and_infers(running)
+
+
+def test_init_says_what_is_wrong_in_one_line_and_does_not_wait_on_a_wrong_setting(tmp_path: Path) -> None:
+    """A role that does not exist is not a database still starting: one line, exit 1, at once. An
+    object store that does not answer yet is waited for (--wait), each wait said."""
+    env = {**base_env(), "INFERQ_DATA_DIR": str(tmp_path)}
+    wrong = {**env, "INFERQ_DATABASE_URL": "postgresql://nobody:wrong@127.0.0.1:5432/nosuchdb"}
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(BIN / "inferq"), "init", "--wait", "30"], env=wrong, capture_output=True, text=True
+    )
+    assert done.returncode == 1 and time.monotonic() - started < 15, done.stderr
+    assert "init failed:" in done.stderr and "Traceback" not in done.stderr and "wrong@" not in done.stderr
+    away = {**env, "INFERQ_S3_ENDPOINT": f"http://127.0.0.1:{closed_port()}"}
+    done = subprocess.run(
+        [str(BIN / "inferq"), "init", "--wait", "3"], env=away, capture_output=True, text=True
+    )
+    assert done.returncode == 1 and "migrated" in done.stdout, done.stdout + done.stderr
+    assert "init: waiting for the object store" in done.stderr and "Traceback" not in done.stderr

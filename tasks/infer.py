@@ -93,7 +93,9 @@ def load_inputs(services: Services, message: InferMessage) -> list[list[Tensor]]
     found = []
     for request in message["requests"]:
         inputs = request.get("inputs")
-        found.append(inputs if inputs is not None else payloads.load(services.store, request["task_id"]))
+        found.append(
+            inputs if inputs is not None else payloads.load(services.quick_store, request["task_id"])
+        )
     return found
 
 

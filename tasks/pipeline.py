@@ -256,7 +256,7 @@ def publish_requests(
         failure = exc if isinstance(exc, PipelineError) else no_gpu(exc)
         for pending in accepted:
             book.forget(pending.task_id, pending.tenant if pending.waiting else None)
-        payloads.drop(services.store, [p.task_id for p in accepted if p.stash is not None])
+        payloads.drop(services.quick_store, [p.task_id for p in accepted if p.stash is not None])
         return [failure if error is None else error for error in errors]
     return errors
 
@@ -266,10 +266,10 @@ def stash(services: Services, pending: Pending) -> bool:
     the store would not take them (logged: the client is not shown the store's address)."""
     assert pending.stash is not None
     try:
-        payloads.put(services.store, pending.task_id, pending.stash)
+        payloads.put(services.quick_store, pending.task_id, pending.stash)
     except StorageError as exc:
         log.warning("task %s: inputs not stored: %s", pending.task_id, exc)
-        payloads.drop(services.store, [pending.task_id])
+        payloads.drop(services.quick_store, [pending.task_id])
         return False
     return True
 
@@ -366,7 +366,7 @@ def kept_record(services: Services, task_id: str) -> TaskRecord | None:
     """The outcome kept in the object store for a request nobody waited for (``tasks.results``);
     an object store that does not answer is a 503, not a 404 a client would take as final."""
     try:
-        return results.find(services.store, task_id)
+        return results.find(services.quick_store, task_id)
     except StorageError as exc:
         log.warning("task %s: kept outcome unreadable: %s", task_id, exc)
         raise unavailable("storage", "the task's record cannot be read now; retry later") from None

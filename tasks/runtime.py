@@ -86,6 +86,24 @@ class Services:
         s = self.settings
         return ObjectStore(s.s3_endpoint, s.s3_access_key, s.s3_secret_key, s.s3_bucket, s.s3_region)
 
+    @cached_property
+    def quick_store(self) -> ObjectStore:
+        """The same bucket for small objects on a request's path (stashed inputs, kept outcomes):
+        short timeouts and one retry, so a stalled store costs a request seconds, not minutes."""
+        from workers.storage import ObjectStore
+
+        s = self.settings
+        return ObjectStore(
+            s.s3_endpoint,
+            s.s3_access_key,
+            s.s3_secret_key,
+            s.s3_bucket,
+            s.s3_region,
+            timeout=2.0,
+            read_timeout=5.0,
+            retries=1,
+        )
+
     def triton(self, gpu: int) -> TritonEndpoint:
         """The Triton endpoint that serves GPU ``gpu``."""
         with self._lock:
@@ -116,6 +134,7 @@ class Services:
             endpoint.close()
         self._tritons.clear()
         self.__dict__.pop("store", None)
+        self.__dict__.pop("quick_store", None)
 
 
 _services: dict[tuple[int, int], Services] = {}

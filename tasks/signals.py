@@ -162,14 +162,14 @@ def _keep_outcomes(
     for request, outcome in zip(requests, outcomes, strict=True):
         owner = _owner(args, request)
         if (request.get("durable") or request["task_id"] in polled) and owner:
-            results.keep(services.store, owner, [(request["task_id"], outcome)])
+            results.keep(services.quick_store, owner, [(request["task_id"], outcome)])
 
 
 def _drop_inputs(services: Any, requests: list[InferRequest]) -> None:
     """Delete the object-store inputs of requests that ended (after their waiters were woken)."""
     stashed = [request["task_id"] for request in requests if "inputs" not in request]
     if stashed:
-        payloads.drop(services.store, stashed)
+        payloads.drop(services.quick_store, stashed)
 
 
 @task_revoked.connect

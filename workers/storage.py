@@ -46,14 +46,16 @@ class ObjectStore:
         bucket: str,
         region: str = "us-east-1",
         timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        retries: int = 2,
     ) -> None:
         import urllib3
         from minio import Minio
 
         parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=timeout, read=max(timeout, 30.0)),
-            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(502, 503, 504)),
+            timeout=urllib3.Timeout(connect=timeout, read=max(timeout, read_timeout)),
+            retries=urllib3.Retry(total=retries, backoff_factor=0.2, status_forcelist=(502, 503, 504)),
             maxsize=16,
         )
         # An explicit region skips the bucket-location probe, which rclone answers oddly.

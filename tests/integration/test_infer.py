@@ -80,7 +80,7 @@ def test_large_inputs_travel_by_reference(stack: Stack) -> None:
         pending = pipeline.prepare(pipeline.check_request(model, infer_body(rows)), "acme", False, 1024)
         assert pending.inputs is None and pending.stash is not None and len(pending.stash) > 1024
         assert "inputs" not in pipeline.infer_message(model, None, [pending])["requests"][0]
-        store = app.extensions["inferq"].store
+        store = app.extensions["inferq"].quick_store
         written: list[str] = []
         put_bytes = store.put_bytes
 
@@ -289,7 +289,7 @@ def test_a_store_failure_fails_only_the_request_whose_inputs_it_could_not_keep(s
         def refuse(*_: Any, **__: Any) -> None:
             raise StorageUnavailable("http://internal-s3:9000: down")
 
-        services.store.put_bytes = refuse
+        services.quick_store.put_bytes = refuse
         errors = pipeline.publish_requests(services, app.extensions["celery"], model, None, [big, small])
         assert errors[1] is None, "the inline request of another tenant is queued"
         assert errors[0] is not None and (errors[0].status, errors[0].code) == (503, "storage-unavailable")

@@ -57,7 +57,7 @@ def test_large_requests_leave_redis_memory_where_it_was(stack: Stack) -> None:
 
     try:
         assert set(send(10)) == {200}  # warm: connections, caches, the model
-        store = app.extensions["inferq"].store
+        store = app.extensions["inferq"].quick_store
         put_bytes, written = store.put_bytes, []
 
         def spy(key: str, data: bytes, content_type: str = "application/octet-stream") -> None:

@@ -326,3 +326,9 @@ def test_inputs_the_worker_cannot_read_are_retried_then_a_clean_503(stack: Stack
         assert problem["type"].endswith("storage-unavailable"), problem
         assert "127.0.0.1:1" not in problem["detail"] and "payloads" not in problem["detail"]
         assert gpu.worker.log_tail(300).count("sent to gpu.9 after a failed attempt") == 3
+    # The worker could not delete the inputs either: the upkeep does, once no task can need them.
+    from datetime import timedelta
+
+    from tasks import payloads
+
+    assert stack.services.store.delete_older_than(payloads.PREFIX, timedelta(0)) >= 1

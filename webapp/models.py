@@ -261,12 +261,18 @@ def undeploy(model_id: str) -> Any:
 @bp.get("/models/<model_id>/stats")
 def model_stats(model_id: str) -> Any:
     """Requests, errors, error rate and latency p50/p95/p99: an admin key reads the platform's,
-    overall and per GPU; a tenant key those of its own traffic only."""
+    overall and per GPU (or, with ``?scope=tenant``, its own tenant's); a tenant key those of its
+    own traffic only."""
     model = model_by_id(services().db, services().cache, model_id)
     if model is None:
         raise not_found(model_id)
     principal = current_principal()
-    if principal.admin:
+    wanted = request.args.get("scope", "platform" if principal.admin else "tenant")
+    if wanted not in ("platform", "tenant"):
+        raise validation_error([Problem("?scope", "must be platform or tenant")], "Invalid query parameters")
+    if wanted == "platform" and not principal.admin:
+        raise ApiError(403, "forbidden", "Admin key required", "the platform's figures need an admin API key")
+    if wanted == "platform":
         scope = {"scope": "platform"}
         figures = stats.read(db_session(), services().redis, model_id, services().settings.gpus)
     else:

@@ -111,3 +111,19 @@ def test_a_tenant_key_reads_its_own_traffic_only(stack: Stack) -> None:
     assert {k: after_flush[k] for k in ("requests", "errors", "latency_ms")} == {
         k: acme[k] for k in ("requests", "errors", "latency_ms")
     }
+
+
+def test_an_admin_key_may_read_its_own_tenants_figures_and_a_tenant_key_not_the_platforms(
+    stack: Stack,
+) -> None:
+    model_id = digits_id(stack)
+    client = stack.client()
+    own = client.get(f"/v1/models/{model_id}/stats?scope=tenant", headers=stack.auth(stack.admin_key))
+    assert own.status_code == 200 and (own.get_json()["scope"], own.get_json()["tenant"]) == (
+        "tenant",
+        "acme",
+    )
+    refused = client.get(f"/v1/models/{model_id}/stats?scope=platform", headers=stack.auth())
+    assert refused.status_code == 403 and refused.mimetype == "application/problem+json"
+    bad = client.get(f"/v1/models/{model_id}/stats?scope=everything", headers=stack.auth())
+    assert bad.status_code == 400 and bad.get_json()["errors"][0]["pointer"] == "?scope"

@@ -5,8 +5,10 @@
   command it sends (it rebuilds its table of response callbacks). This channel keeps
   one client on its connection pool, which is thread-safe.
 - every publish to a direct exchange first reads the exchange's bindings from Redis
-  (SMEMBERS), a round trip per task; they change when a queue is declared, so they are
-  reused for a second.
+  (SMEMBERS), a round trip per task; the task exchange's change only when a queue is
+  declared, so they are reused for a second. Only the task exchange's: the reply exchange of
+  remote control (``celery inspect``, Flower, health checks) gains a queue per new client, and
+  a reply routed on a second-old table would be lost.
 
 Otherwise it is kombu's. Celery picks it for ``redis://`` brokers (see ``celeryconfig``);
 other brokers are untouched.
@@ -18,6 +20,8 @@ import time
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+
+from celeryconfig import EXCHANGE
 
 BINDINGS_TTL = 1.0  # seconds an exchange's bindings are reused
 
@@ -32,6 +36,8 @@ class Channel(kombu_redis.Channel):
         return client
 
     def get_table(self, exchange: str) -> Any:
+        if exchange != EXCHANGE:
+            return super().get_table(exchange)
         cached = self.__dict__.setdefault("_inferq_tables", {})
         hit = cached.get(exchange)
         now = time.monotonic()

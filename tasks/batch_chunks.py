@@ -273,28 +273,26 @@ def triton_runner(
     def run(requests: Sequence[BatchRequest]) -> list[LineResult]:
         if down:
             return [LineResult(code=TritonUnavailable.code, message=down[0])] * len(requests)
-        try:
-            results = infer_lines(
+
+        def call() -> list[LineResult]:
+            inputs = [request.inputs for request in requests]
+            return infer_lines(
                 endpoint,
                 target,
-                [request.inputs for request in requests],
+                inputs,
                 requests[0].outputs,
                 retry_seconds=retry_seconds,
                 request_id=request_id,
             )
+
+        try:
+            results = call()
             if (
                 results
                 and results[-1].code == TritonModelNotFound.code
                 and sidecar.heal(services, gpu, target.name)
-            ):  # missing from this worker's own Triton, which should have it: loaded, run again
-                results = infer_lines(
-                    endpoint,
-                    target,
-                    [request.inputs for request in requests],
-                    requests[0].outputs,
-                    retry_seconds=retry_seconds,
-                    request_id=request_id,
-                )
+            ):
+                results = call()  # missing from this worker's own Triton, which should have it: loaded
             return results
         except TritonUnavailable as exc:
             if not last_attempt:

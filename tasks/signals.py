@@ -105,6 +105,7 @@ def _attempt_ended(
     requests = _requests(args)
     failed: Outcome = {"state": "FAILURE", "error": describe_error(retval)}
     polled_at: dict[str, int] = {}  # task id -> reply index of its "client polls" mark
+    ended: list[Outcome] = []  # the requests' outcomes, when they end with this attempt
     keep_all = False
     try:
         with services.redis.pipeline(transaction=False) as pipe:
@@ -121,31 +122,22 @@ def _attempt_ended(
                 }
                 for request in requests:
                     services.tasks.add_retrying(pipe, request["task_id"], note)
-            elif state == states.SUCCESS and outcomes is not None:
-                latency = attempts[-1].latency_ms if attempts else 0.0
-                add_tenant_outcomes(pipe, args[0], outcomes, latency)
-                for request, outcome in zip(requests, outcomes, strict=True):
+            elif state in (states.SUCCESS, states.FAILURE) and requests:  # the requests end here
+                answered = outcomes if state == states.SUCCESS else None  # a failure fails them all
+                ended = answered if answered is not None else [failed] * len(requests)
+                latency = attempts[-1].latency_ms if attempts and answered is not None else 0.0
+                add_tenant_outcomes(pipe, args[0], answered, latency)
+                for request, outcome in zip(requests, ended, strict=True):
                     services.tasks.add_outcome(pipe, request["task_id"], outcome, _owner(args, request))
                     polled_at[request["task_id"]] = services.tasks.add_polled_check(pipe, request["task_id"])
-            elif state == states.FAILURE:
-                if requests:
-                    add_tenant_outcomes(pipe, args[0], None, 0.0)
-                for request in requests:
-                    services.tasks.add_outcome(pipe, request["task_id"], failed, _owner(args, request))
-                    polled_at[request["task_id"]] = services.tasks.add_polled_check(pipe, request["task_id"])
-            elif state == states.RETRY:
-                note = {"code": "retrying", "message": str(getattr(retval, "exc", retval) or "")}
-                for request in requests:
-                    services.tasks.add_retrying(pipe, request["task_id"], note)
             replies = pipe.execute()
         if attempts:
             settle_breaker(services, attempts[-1], replies[failures_at])
     except RedisError as exc:  # the waiter falls back to 202; the client polls
         log.warning("task %s: outcome not recorded: %s", task_id, exc)
         keep_all = True  # the object store's copy is the only one
-    if state == states.FAILURE or (state == states.SUCCESS and outcomes is not None):
+    if ended:
         _drop_inputs(services, requests)  # the requests ended: their large inputs go
-        ended = outcomes if outcomes is not None else [failed] * len(requests)
         polled = {tid for tid, at in polled_at.items() if keep_all or replies[at]}
         _keep_outcomes(services, args, requests, ended, polled)
 

@@ -2,11 +2,11 @@
 quorum queues (the default INFERQ_BROKER_QUEUE_TYPE), and queue depth for routing is read from
 RabbitMQ itself (a passive queue declaration), not from Redis.
 
-Needs the RabbitMQ at INFERQ_TEST_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672//), which
-scripts/test.sh starts (or installs). Each run gets a virtual host of its own (``rabbitmqctl
-add_vhost``, deleted at the end), so its ``control`` and ``gpu.N`` queues are nobody else's. The
-platform on it is a second one beside the Redis-broker ``stack``: the same database, S3 and Triton,
-its own Redis database for bookkeeping, its own workers.
+Needs this machine's RabbitMQ at INFERQ_TEST_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672//)
+and its rabbitmqctl, which scripts/test.sh starts (or installs). Each run gets a virtual host of its
+own (``rabbitmqctl add_vhost``, deleted at the end), so its ``control`` and ``gpu.N`` queues are
+nobody else's. The platform on it is a second one beside the Redis-broker ``stack``: the same
+database, S3 and Triton, its own Redis database for bookkeeping, its own workers.
 """
 
 from __future__ import annotations
@@ -48,17 +48,16 @@ def rabbitmqctl(*args: str) -> str:
 
 
 @contextlib.contextmanager
-def own_vhost() -> Iterator[tuple[str, str | None]]:
-    """An AMQP URL on a virtual host of this run (and its name), deleted afterwards. Without
-    rabbitmqctl (a RabbitMQ elsewhere) the URL's own virtual host is used as it is."""
+def own_vhost() -> Iterator[tuple[str, str]]:
+    """An AMQP URL on a virtual host of this run (and its name), deleted afterwards: made with
+    rabbitmqctl, so the RabbitMQ must be this machine's (scripts/test.sh starts or installs it)."""
     parts = urlsplit(AMQP_URL)
     try:
         socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), timeout=2).close()
     except OSError as exc:
         pytest.fail(f"RabbitMQ is required for these tests at {AMQP_URL} (INFERQ_TEST_AMQP_URL): {exc}")
-    if shutil.which("rabbitmqctl") is None or parts.hostname not in ("127.0.0.1", "localhost"):
-        yield AMQP_URL, None
-        return
+    if shutil.which("rabbitmqctl") is None:
+        pytest.fail("rabbitmqctl is required for these tests (scripts/test.sh installs rabbitmq-server)")
     vhost = f"inferq-test-{uuid.uuid4().hex[:8]}"
     rabbitmqctl("add_vhost", vhost)
     try:
@@ -74,7 +73,7 @@ class Rabbit:
     """The platform on RabbitMQ; ``stack`` is a Stack view of it for the batch helpers."""
 
     url: str
-    vhost: str | None
+    vhost: str
     settings: Any
     stack: Stack
     workdir: Path
@@ -131,8 +130,6 @@ def rabbit(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
 
 
 def test_the_queues_are_quorum_queues(rabbit: Rabbit) -> None:
-    if rabbit.vhost is None:
-        pytest.skip("needs rabbitmqctl on this machine to list queue types")  # not counted as passed
     listing = rabbitmqctl("list_queues", "-p", rabbit.vhost, "name", "type", "durable", "--no-table-headers")
     kinds = {line.split()[0]: line.split()[1:] for line in listing.splitlines() if line.strip()}
     for name in ("gpu.0", "gpu.1", "control"):
@@ -292,8 +289,6 @@ def test_rabbitmq_dropping_every_connection_mid_batch_loses_nothing(rabbit: Rabb
     """As a broker restart looks to its clients: every AMQP connection of the virtual host closed
     by RabbitMQ mid-batch. Workers reconnect, unacknowledged chunks come back, the batch completes
     with every line once."""
-    if rabbit.vhost is None:
-        pytest.skip("needs rabbitmqctl on this machine to close connections")  # not counted as passed
     expected = make_input(20_000, bad_every=70, prefix="amqp-drop")
     file = upload(rabbit.stack, expected.data)
     batch = create_batch(rabbit.stack, file["id"])

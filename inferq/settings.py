@@ -105,6 +105,8 @@ class Settings:
     cache_timeout: float = 0.25
     stats_flush_interval: float = 10.0
     reconcile_interval: float = 30.0  # seconds between checks that each Triton has what the registry says
+    # Workers send their task events (Flower) at most this often, together, off a request's path.
+    event_flush_interval: float = 0.25
     deploy_timeout: int = (
         900  # a deploy still loading after this is failed (longer than the load task's limit)
     )

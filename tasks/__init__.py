@@ -24,12 +24,14 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     from celery import Celery
 
     import celeryconfig
+    from tasks import events
 
     settings = settings or load_settings()
     app = Celery("inferq", set_as_current=False)
     app.conf.update(celeryconfig.celery_settings(settings))
     app.conf.include = list(TASK_MODULES)
     app.inferq_settings = settings
+    events.install(app)
     return app
 
 

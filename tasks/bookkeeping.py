@@ -217,13 +217,25 @@ class TaskBook:
         pipe.rpush(wake, encoded)
         pipe.expire(wake, WAKE_TTL)
 
-    def wait(self, task_id: str, timeout: float) -> Outcome | None:
-        """Block up to ``timeout`` seconds for the outcome of ``task_id``; None when it is not done."""
+    def wait(self, task_id: str, timeout: float, release: str | None = None) -> Outcome | None:
+        """Block up to ``timeout`` seconds for the outcome of ``task_id``; None when it is not done.
+
+        ``release``: the tenant whose waiting count this wait held (:meth:`add_open`); it is given
+        back in the same round trip as the wait (Redis runs the decrement once the wait ends),
+        and by :meth:`stop_waiting` when Redis cannot be reached."""
         if timeout <= 0:
+            if release is not None:
+                self.stop_waiting(release)
             return None
         try:
-            item: Any = self.blocking.blpop([WAKE_KEY.format(task_id)], timeout=timeout)
+            with self.blocking.pipeline(transaction=False) as pipe:
+                pipe.blpop([WAKE_KEY.format(task_id)], timeout=timeout)
+                if release is not None:
+                    pipe.decr(WAITING_KEY.format(release))
+                item: Any = pipe.execute()[0]
         except RedisError as exc:
+            if release is not None:
+                self.stop_waiting(release)
             raise BookkeepingUnavailable(str(exc)) from exc
         if item is None:
             return None

@@ -303,14 +303,14 @@ def dispatch(
 def wait(services: Services, dispatched: Dispatched, timeout: float) -> Outcome | None:
     """The outcome of a dispatched request if it ends within ``timeout`` seconds, else None (it runs on)."""
     try:
-        return services.tasks.wait(dispatched.task_id, timeout)
+        return services.tasks.wait(
+            dispatched.task_id, timeout, release=dispatched.tenant if dispatched.waiting else None
+        )
     except BookkeepingUnavailable:
         return None  # the task still runs; the caller polls its status
     finally:
         if dispatched.ticket is not None:
             services.coalescer.done(dispatched.key, dispatched.ticket)
-        if dispatched.waiting:
-            services.tasks.stop_waiting(dispatched.tenant)
 
 
 def answer(task_id: str, outcome: Outcome) -> InferAnswer:

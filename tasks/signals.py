@@ -1,11 +1,15 @@
 """Worker signal handlers around each inference attempt, one Redis round trip at each end: at the
-start the GPU's in-flight count and the requests' state; at the end the attempt's statistics and
-breaker update, the in-flight count, and each request's outcome with the wake-up of its waiter."""
+start the GPU's in-flight count and the requests' state (written by a background thread while
+Triton runs); at the end, once that write is done, the attempt's statistics and breaker update,
+the in-flight count, and each request's outcome with the wake-up of its waiter."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import Collection
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from celery import Task, states
@@ -31,6 +35,7 @@ from workers.inference import InferRequest
 from workers.liveness import start_announcing, stop_announcing
 
 log = logging.getLogger(__name__)
+STARTED_WAIT = 6.0  # seconds the end of an attempt waits for its start's write (socket timeout 5 s)
 
 
 def _queue(task: Task) -> str:
@@ -79,14 +84,39 @@ def _attempt_started(sender: Task | None = None, task_id: str = "", args: Any = 
     if sender is None or sender.name != INFER_TASK:
         return
     services = services_for(sender.app)
-    try:
-        with services.redis.pipeline(transaction=False) as pipe:
-            services.gpus.add_started(pipe, _queue(sender), sender.request.hostname or "")
-            for request in _requests(args):
-                services.tasks.add_running(pipe, request["task_id"])
-            pipe.execute()
-    except RedisError as exc:  # load figures and states are advice; inference goes on
-        log.warning("task %s: in-flight count and state not updated: %s", task_id, exc)
+    queue, worker, requests = _queue(sender), sender.request.hostname or "", _requests(args)
+
+    def write() -> None:
+        try:
+            with services.redis.pipeline(transaction=False) as pipe:
+                services.gpus.add_started(pipe, queue, worker)
+                for request in requests:
+                    services.tasks.add_running(pipe, request["task_id"])
+                pipe.execute()
+        except RedisError as exc:  # load figures and states are advice; inference goes on
+            log.warning("task %s: in-flight count and state not updated: %s", task_id, exc)
+
+    # Written while Triton runs (the round trip is off the request's path); the end of the
+    # attempt waits for it, so "running" never lands after the outcome.
+    sender.request.inferq_started = _background().submit(write)
+
+
+_executor: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _background() -> ThreadPoolExecutor:
+    """This process's thread for writes that overlap an attempt (made after a fork, not before)."""
+    global _executor
+    if _executor is None or _executor[0] != os.getpid():
+        _executor = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="inferq-started"))
+    return _executor[1]
+
+
+def _await_started(request: Any) -> None:
+    started: Future[None] | None = getattr(request, "inferq_started", None)
+    if started is not None:
+        with contextlib.suppress(TimeoutError):
+            started.result(timeout=STARTED_WAIT)
 
 
 @task_postrun.connect
@@ -101,6 +131,7 @@ def _attempt_ended(
     if sender is None or sender.name != INFER_TASK:
         return
     services = services_for(sender.app)
+    _await_started(sender.request)
     attempts = getattr(sender.request, "inferq_attempts", None) or []
     requests = _requests(args)
     failed: Outcome = {"state": "FAILURE", "error": describe_error(retval)}

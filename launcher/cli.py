@@ -24,14 +24,20 @@ if TYPE_CHECKING:
 @click.version_option(package_name="inferq")
 @click.pass_context
 def main(ctx: click.Context) -> None:
-    """inferq: Celery task-queue inference in front of NVIDIA Triton."""
+    """inferq: Celery task-queue inference in front of NVIDIA Triton.
+
+    Example: inferq submit requests.jsonl --model digits --wait
+    """
     ctx.obj = load_settings()
 
 
 @main.command()
 @click.pass_obj
 def up(settings: Settings) -> None:
-    """Run the whole local stack in the foreground (Ctrl-C stops all)."""
+    """Run the whole local stack in the foreground (Ctrl-C stops all).
+
+    Example: INFERQ_GPUS=0,1 inferq up
+    """
     from launcher.stack import run_up
 
     sys.exit(run_up(settings))
@@ -49,7 +55,10 @@ def up(settings: Settings) -> None:
 )
 @click.pass_obj
 def worker(settings: Settings, gpu: int | None, control: bool, concurrency: int | None) -> None:
-    """Start one Celery worker pinned to a GPU (or the control worker)."""
+    """Start one Celery worker pinned to a GPU (or the control worker).
+
+    Example: inferq worker --gpu 0 --concurrency 4
+    """
     from launcher.stack import gpu_worker_argv, worker_argv, worker_env
 
     if (gpu is None) == (not control):
@@ -91,6 +100,8 @@ def init(settings: Settings, wait: float) -> None:
     """Prepare a deployment, once, before the API and workers start: apply the database migrations
     and create the S3 bucket if it is missing. Safe to run again (what the Compose `init` service and
     the Kubernetes `inferq-init` Job run).
+
+    Example: inferq init --wait 300
     """
     from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
@@ -129,7 +140,10 @@ def init(settings: Settings, wait: float) -> None:
 @main.command("beat")
 @click.pass_obj
 def beat(settings: Settings) -> None:
-    """Run celery beat, the scheduler of the periodic upkeep (exactly one per deployment)."""
+    """Run celery beat, the scheduler of the periodic upkeep (exactly one per deployment).
+
+    Example: inferq beat
+    """
     from pathlib import Path
 
     from launcher.stack import beat_argv, worker_env
@@ -142,7 +156,10 @@ def beat(settings: Settings) -> None:
 @main.command("flower")
 @click.pass_obj
 def flower(settings: Settings) -> None:
-    """Run Flower on INFERQ_FLOWER_HOST:INFERQ_FLOWER_PORT (set FLOWER_BASIC_AUTH=user:password)."""
+    """Run Flower on INFERQ_FLOWER_HOST:INFERQ_FLOWER_PORT (set FLOWER_BASIC_AUTH=user:password).
+
+    Example: FLOWER_BASIC_AUTH=admin:s3cret inferq flower
+    """
     from launcher.stack import flower_argv, worker_env
 
     argv = flower_argv(settings)
@@ -151,7 +168,10 @@ def flower(settings: Settings) -> None:
 
 @main.group()
 def keys() -> None:
-    """API keys."""
+    """API keys (straight in the registry database, INFERQ_DATABASE_URL).
+
+    Example: inferq keys create --tenant acme --rate-limit 1000/minute
+    """
 
 
 @keys.command("create")
@@ -162,7 +182,10 @@ def keys() -> None:
 )
 @click.pass_obj
 def keys_create(settings: Settings, tenant: str, admin: bool, rate_limit: str | None) -> None:
-    """Create a key; the key is printed alone on the last line (only its hash is stored)."""
+    """Create a key; the key is printed alone on the last line (only its hash is stored).
+
+    Example: inferq keys create --tenant acme --admin
+    """
     from registry.apikeys import create_key
     from registry.db import Database
 
@@ -187,7 +210,10 @@ def keys_create(settings: Settings, tenant: str, admin: bool, rate_limit: str | 
 @click.option("--tenant", default=None, help="Only this tenant's keys.")
 @click.pass_obj
 def keys_list(settings: Settings, tenant: str | None) -> None:
-    """List keys: id, tenant, prefix, admin, rate limit, created, revoked (never the keys themselves)."""
+    """List keys: id, tenant, prefix, admin, rate limit, created, revoked (never the keys themselves).
+
+    Example: inferq keys list --tenant acme
+    """
     from registry.apikeys import list_keys
     from registry.db import Database
 
@@ -212,7 +238,10 @@ def keys_list(settings: Settings, tenant: str | None) -> None:
 @click.argument("key_id")
 @click.pass_obj
 def keys_revoke(settings: Settings, key_id: str) -> None:
-    """Revoke a key by id: it stops authenticating at once."""
+    """Revoke a key by id: it stops authenticating at once.
+
+    Example: inferq keys revoke 9b1f4c2e7d3a4f6b8c0e1d2f3a4b5c6d
+    """
     from registry.apikeys import revoke_key
     from registry.db import Database
 
@@ -229,14 +258,20 @@ def keys_revoke(settings: Settings, key_id: str) -> None:
 
 @main.group()
 def db() -> None:
-    """The registry database."""
+    """The registry database.
+
+    Example: inferq db upgrade
+    """
 
 
 @db.command("upgrade")
 @click.option("--revision", default="head", show_default=True)
 @click.pass_obj
 def db_upgrade(settings: Settings, revision: str) -> None:
-    """Apply the Alembic migrations."""
+    """Apply the Alembic migrations.
+
+    Example: inferq db upgrade --revision head
+    """
     from registry.db import upgrade
 
     upgrade(settings.database_url, revision)
@@ -342,7 +377,10 @@ def bar_progress(bar: Any) -> Callable[[int, int | None], None]:
 
 @main.group()
 def models() -> None:
-    """The model registry (INFERQ_URL, INFERQ_API_KEY; writes need an admin key)."""
+    """The model registry (INFERQ_URL, INFERQ_API_KEY; writes need an admin key).
+
+    Example: inferq models list --status ready
+    """
 
 
 @models.command("list")
@@ -383,8 +421,9 @@ def models_list(
 
 @models.command("show")
 @click.argument("ref")
+@json_option("JSON either way (a model is a nested record); accepted like on every client command.")
 @click.pass_obj
-def models_show(settings: Settings, ref: str) -> None:
+def models_show(settings: Settings, ref: str, as_json: bool) -> None:
     """Show a model (JSON) by id or NAME:VERSION.
 
     Example: inferq models show digits:1
@@ -498,8 +537,9 @@ def models_undeploy(settings: Settings, ref: str, gpus: str | None, as_json: boo
 
 @models.command("stats")
 @click.argument("ref")
+@json_option("JSON either way (figures overall and per GPU); accepted like on every client command.")
 @click.pass_obj
-def models_stats(settings: Settings, ref: str) -> None:
+def models_stats(settings: Settings, ref: str, as_json: bool) -> None:
     """Requests, errors and latency percentiles of a model (JSON): with an admin key the platform's,
     overall and per GPU; with a tenant key those of the tenant's own requests.
 
@@ -512,8 +552,9 @@ def models_stats(settings: Settings, ref: str) -> None:
 
 @models.command("delete")
 @click.argument("ref")
+@json_option("Print the deleted model's id, name and version as JSON.")
 @click.pass_obj
-def models_delete(settings: Settings, ref: str) -> None:
+def models_delete(settings: Settings, ref: str, as_json: bool) -> None:
     """Delete a model version that is not deployed.
 
     Example: inferq models delete iris:2
@@ -522,6 +563,9 @@ def models_delete(settings: Settings, ref: str) -> None:
     with client_errors(settings):
         model = client.models.find(ref)
         client.models.delete(model["id"])
+    if as_json:
+        echo_json({"id": model["id"], "name": model["name"], "version": model["version"], "deleted": True})
+        return
     click.echo(f"deleted {model['name']}:{model['version']}")
 
 
@@ -643,7 +687,10 @@ FILE_HEADERS = ["ID", "PURPOSE", "BYTES", "LINES", "CREATED", "FILENAME"]
 
 @main.group()
 def files() -> None:
-    """Files: batch inputs, and the output and error files of batches."""
+    """Files: batch inputs, and the output and error files of batches.
+
+    Example: inferq files list --purpose batch_input
+    """
 
 
 @files.command("upload")
@@ -975,7 +1022,10 @@ def results(settings: Settings, batch_id: str, output: str, errors: bool, as_jso
 
 @main.group()
 def batches() -> None:
-    """Batches: list, show, cancel, wait (create one with inferq submit)."""
+    """Batches: list, show, cancel, wait (create one with inferq submit).
+
+    Example: inferq batches list --status in_progress
+    """
 
 
 @batches.command("list")
@@ -1110,7 +1160,10 @@ def batches_wait(
 @main.command("settings")
 @click.pass_obj
 def show_settings(settings: Settings) -> None:
-    """Print the effective settings (secrets masked)."""
+    """Print the effective settings (secrets masked).
+
+    Example: INFERQ_GPUS=0 inferq settings
+    """
     click.echo(settings.describe())
 
 

@@ -32,6 +32,7 @@ def test_wheel_has_migrations_and_the_triton_wrapper(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {
         "celeryconfig.py",
+        "inferq/py.typed",  # the SDK's type hints reach its users (PEP 561)
         "launcher/triton_onnx_model.py",
         "webapp/openapi.yaml",
         "registry/migrations/env.py",

@@ -56,18 +56,23 @@ class RegistryCache:
 
     def get(self, name: str, load: Callable[[], Any]) -> Any:
         """The cached value of ``name``, or ``load()`` (then cached for ``ttl`` seconds)."""
+        return self.get_at(name, load)[1]
+
+    def get_at(self, name: str, load: Callable[[], Any]) -> tuple[str | None, Any]:
+        """:meth:`get`, with the generation the value belongs to (None when Redis did not say):
+        the value is current for as long as :meth:`add_generation` reads that generation."""
         if not self._usable():
             REGISTRY_CACHE.labels("error").inc()
-            return load()
+            return None, load()
         assert self.client is not None and self._script is not None
         try:
             generation, raw = self._script(keys=[GENERATION_KEY], args=[name])
         except RedisError as exc:
             self._failed(exc)
-            return load()
+            return None, load()
         if raw is not None:
             REGISTRY_CACHE.labels("hit").inc()
-            return json.loads(raw)
+            return generation.decode(), json.loads(raw)
         REGISTRY_CACHE.labels("miss").inc()
         value = load()
         key = VALUE_KEY.format(generation=generation.decode(), name=name)
@@ -75,7 +80,20 @@ class RegistryCache:
             self.client.set(key, json.dumps(value, separators=(",", ":")), ex=self.ttl)
         except RedisError as exc:
             self._failed(exc)
-        return value
+        return generation.decode(), value
+
+    @staticmethod
+    def add_generation(pipe: Any) -> Callable[[list[Any]], str]:
+        """Queue a read of the registry's generation on ``pipe`` (another client of the same Redis);
+        returns how to find it in the pipeline's replies."""
+        at = len(pipe.command_stack)
+        pipe.get(GENERATION_KEY)
+
+        def generation(replies: list[Any]) -> str:
+            raw = replies[at]
+            return raw.decode() if isinstance(raw, bytes) else str(raw or "0")
+
+        return generation
 
     def invalidate(self) -> None:
         """Forget every cached value (call after the write committed)."""

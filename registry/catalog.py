@@ -32,16 +32,30 @@ def model_by_id(db: Database, cache: RegistryCache, model_id: str) -> dict[str, 
 
 
 def model_by_version(db: Database, cache: RegistryCache, name: str, version: str) -> dict[str, Any] | None:
+    return model_by_version_at(db, cache, name, version)[1]
+
+
+def model_by_version_at(
+    db: Database, cache: RegistryCache, name: str, version: str
+) -> tuple[str | None, dict[str, Any] | None]:
+    """:func:`model_by_version` and the registry generation it is current for (``RegistryCache.get_at``)."""
+
     def load() -> dict[str, Any] | None:
         with db.session() as session:
             model = get_model_version(session, name, version)
             return model.as_dict() if model else None
 
-    return cache.get(f"nv:{name}:{version}", load)
+    found: tuple[str | None, dict[str, Any] | None] = cache.get_at(f"nv:{name}:{version}", load)
+    return found
 
 
 def serving_versions(db: Database, cache: RegistryCache, name: str) -> dict[str, Any]:
     """``{"versions": ready versions of name, highest first, "exists": whether any version exists}``."""
+    return serving_versions_at(db, cache, name)[1]
+
+
+def serving_versions_at(db: Database, cache: RegistryCache, name: str) -> tuple[str | None, dict[str, Any]]:
+    """:func:`serving_versions` and the registry generation it is current for."""
 
     def load() -> dict[str, Any]:
         with db.session() as session:
@@ -51,7 +65,8 @@ def serving_versions(db: Database, cache: RegistryCache, name: str) -> dict[str,
                 "exists": bool(versions) or model_exists(session, name),
             }
 
-    return cache.get(f"ready:{name}", load)
+    found: tuple[str | None, dict[str, Any]] = cache.get_at(f"ready:{name}", load)
+    return found
 
 
 def model_page(db: Database, cache: RegistryCache, query: ModelFilter) -> dict[str, Any]:

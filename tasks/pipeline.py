@@ -10,9 +10,12 @@ a message. Nothing here holds a database session while waiting.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
+import threading
+import time
 import uuid
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -23,7 +26,7 @@ from celery import Celery
 
 from inferq.services import RedisError
 from inferq.settings import gpu_queue
-from registry.catalog import model_by_version, serving_versions
+from registry.catalog import model_by_version_at, serving_versions_at
 from registry.models import pick_version, ready_gpus
 from registry.signatures import CheckedTensor, Problem, TensorSpec, check_inference_request, specs_from_json
 from tasks import payloads, results
@@ -61,6 +64,9 @@ class ResolvedModel:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     gpus: list[int]  # where it is deployed and ready
+    # Set when this came from the process's memo (:class:`ResolvedModels`) without a registry
+    # read: the generation it holds for, which the dispatch checks in its record round trip.
+    reused_at: str | None = None
 
     @classmethod
     def from_record(cls, model: dict[str, Any]) -> ResolvedModel:
@@ -76,20 +82,89 @@ class ResolvedModel:
         )
 
 
+class StaleModel(PipelineError):
+    """A model reused from the memo changed in the registry before the request was published."""
+
+    def __init__(self) -> None:
+        super().__init__(503, "registry-changed", "Registry changed", "the model changed; try again")
+
+
+class ResolvedModels:
+    """Models this process resolved, reused by sync requests without a registry read.
+
+    An entry is the registry's answer for a name (and version) at one registry generation
+    (``registry.cache``); a request that reuses it publishes only if the generation its
+    record round trip reads is still that one (:class:`StaleModel` otherwise, and the
+    request resolves again), so a request that starts after a registry write sees it, as
+    with the cache. Only answers that resolve (ready models) are kept, for ``MEMO_TTL``
+    seconds at most (a Redis that lost its generation counter could count back to it).
+    """
+
+    MEMO_TTL = 5.0
+    MEMO_SIZE = 1024
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[
+            tuple[str, str | None], tuple[str, float, list[dict[str, Any]], list[ResolvedModel]]
+        ] = {}
+
+    def get(
+        self, name: str, version: str | None
+    ) -> tuple[str, list[dict[str, Any]], list[ResolvedModel]] | None:
+        entry = self._entries.get((name, version))
+        if entry is None or time.monotonic() - entry[1] > self.MEMO_TTL:
+            return None
+        return entry[0], entry[2], entry[3]
+
+    def put(self, name: str, version: str | None, generation: str, records: list[dict[str, Any]]) -> None:
+        if not all(model["status"] == "ready" and ready_gpus(model) for model in records):
+            return
+        resolved = [ResolvedModel.from_record(model) for model in records]
+        with self._lock:
+            if len(self._entries) >= self.MEMO_SIZE:
+                self._entries.clear()
+            self._entries[(name, version)] = (generation, time.monotonic(), records, resolved)
+
+    def seen(self, generation: str) -> None:
+        """A dispatch read ``generation``: entries of any other are stale."""
+        with self._lock:
+            for key in [key for key, entry in self._entries.items() if entry[0] != generation]:
+                del self._entries[key]
+
+
 def resolve_model(
-    services: Services, name: str, version: str | None, rng: random.Random | None = None
+    services: Services,
+    name: str,
+    version: str | None,
+    rng: random.Random | None = None,
+    reuse: bool = False,
 ) -> ResolvedModel:
     """The model version to run: the one named, or one of the ready versions (the newest, or by
-    canary traffic weights). 404 when unknown, 409 when not deployed and ready."""
+    canary traffic weights). 404 when unknown, 409 when not deployed and ready.
+
+    ``reuse``: the caller dispatches the request (which checks the registry generation), so a
+    model this process resolved before may be reused without a registry read."""
+    memo = services.models
+    if reuse:
+        hit = memo.get(name, version)
+        if hit is not None:
+            at, known, resolved = hit
+            picked = pick_version(known, rng)
+            index = next(i for i, record in enumerate(known) if record is picked)
+            return dataclasses.replace(resolved[index], reused_at=at)
+    generation: str | None
     if version is not None:
-        model = model_by_version(services.db, services.cache, name, version)
+        generation, model = model_by_version_at(services.db, services.cache, name, version)
         if model is None:
             raise PipelineError(
                 404, "model-not-found", "Model not found", f"no model {name!r} version {version!r}"
             )
+        records = [model]
     else:
-        found = serving_versions(services.db, services.cache, name)
-        model = pick_version(found["versions"], rng)
+        generation, found = serving_versions_at(services.db, services.cache, name)
+        records = found["versions"]
+        model = pick_version(records, rng)
         if model is None:
             if not found["exists"]:
                 raise PipelineError(404, "model-not-found", "Model not found", f"no model named {name!r}")
@@ -103,6 +178,8 @@ def resolve_model(
             "Model not ready",
             f"{name!r} version {model['version']!r} is {model['status']}, not deployed and ready",
         )
+    if generation is not None:
+        memo.put(name, version, generation, records)
     return ResolvedModel.from_record(model)
 
 
@@ -218,9 +295,16 @@ def publish_requests(
                 book.add_open(pipe, p.task_id, p.tenant, model.name, model.version, p.waiting) for p in batch
             ]
             parse_loads = services.gpus.add_loads(pipe, gpus, model.id)
+            registry_generation = services.cache.add_generation(pipe)
             replies = pipe.execute()
     except RedisError as exc:
         return [unavailable("cache", f"Redis cannot be reached: {exc}")] * len(batch)
+    generation = registry_generation(replies)
+    services.models.seen(generation)
+    if model.reused_at is not None and model.reused_at != generation:
+        for pending in batch:  # resolved from a registry that has changed since: nothing goes out
+            book.forget(pending.task_id, pending.tenant if pending.waiting else None)
+        return [StaleModel()] * len(batch)
     cap = settings.sync_waiting_per_tenant
     errors: list[PipelineError | None] = []
     accepted: list[Pending] = []
@@ -347,9 +431,14 @@ def infer(
     timeout: float,
 ) -> InferResult:
     """The whole sync path: resolve, check, dispatch, wait up to ``timeout`` (0: do not wait)."""
-    model = resolve_model(services, name, version)
+    model = resolve_model(services, name, version, reuse=True)
     request = check_request(model, body)
-    dispatched = dispatch(services, app, model, request, tenant, waiting=timeout > 0)
+    try:
+        dispatched = dispatch(services, app, model, request, tenant, waiting=timeout > 0)
+    except StaleModel:  # the registry changed since this process resolved the model: read it again
+        model = resolve_model(services, name, version)
+        request = check_request(model, body)
+        dispatched = dispatch(services, app, model, request, tenant, waiting=timeout > 0)
     if timeout <= 0:
         return InferResult(dispatched.task_id, model)
     outcome = wait(services, dispatched, timeout)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from registry.db import Database
     from tasks.bookkeeping import TaskBook
     from tasks.coalesce import Coalescer
+    from tasks.pipeline import ResolvedModels
     from workers.gpu_state import GpuStates
     from workers.storage import ObjectStore
     from workers.triton import TritonEndpoint
@@ -70,6 +71,13 @@ class Services:
 
         s = self.settings
         return Coalescer(s.sync_batch_max, s.sync_batch_inflight, s.sync_batch_slot_timeout)
+
+    @cached_property
+    def models(self) -> ResolvedModels:
+        """Models this process resolved, reused by sync requests while the registry is unchanged."""
+        from tasks.pipeline import ResolvedModels
+
+        return ResolvedModels()
 
     @cached_property
     def cache(self) -> RegistryCache:

@@ -147,3 +147,38 @@ def test_the_launchers_start_up_writes_invalidate_the_cache(stack: Stack, tmp_pa
     after = stack.client().get(f"/v1/models/{model_id}", headers=stack.auth()).get_json()
     assert before["description"] != after["description"] == "changed by a previous run"
     assert {d["status"] for d in after["deployments"]} == {"ready"}
+
+
+def test_sync_requests_reuse_a_resolved_model_until_the_registry_changes(stack: Stack) -> None:
+    """The API resolves a model once and reuses it (no registry read per request); a registry write
+    is still seen by the very next request, which reads the generation in its record round trip."""
+    from registry.models import Model, set_deployment, settle_status
+    from tests.fixtures import digits_copy_ready
+    from tests.integration.test_infer import digits_rows, infer_body
+
+    name = unique()
+    digits_copy_ready(stack, name, [0, 1])
+    rows, labels = digits_rows(3, 1)
+    client = stack.client()
+    url = f"/v1/models/{name}/infer"
+    first = client.post(url, json=infer_body(rows), headers=stack.auth())
+    assert first.status_code == 200, first.get_data(as_text=True)
+    hits = cache_count("hit") + cache_count("miss")
+    for _ in range(3):
+        again = client.post(url, json=infer_body(rows), headers=stack.auth())
+        assert again.status_code == 200, again.get_data(as_text=True)
+        assert again.get_json()["outputs"][0]["data"] == [int(labels[0])]
+    assert cache_count("hit") + cache_count("miss") == hits, "reused: no registry read per request"
+
+    with stack.services.db.session() as session:  # undeployed everywhere, then readers told
+        model = session.query(Model).filter_by(name=name).one()
+        for gpu in (0, 1):
+            set_deployment(session, model, gpu, "failed", "taken away by the test")
+        settle_status(model)
+    stack.services.cache.invalidate()
+    gone = client.post(url, json=infer_body(rows), headers=stack.auth())
+    assert gone.status_code == 409, gone.get_data(as_text=True)
+    assert gone.get_json()["type"].endswith("model-not-ready")
+    assert stack.services.redis.get("inferq:waiting:acme") in (b"0", None), (
+        "the refused request holds no place"
+    )

@@ -30,6 +30,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    case,
     func,
     insert,
     or_,
@@ -60,8 +61,11 @@ CHUNK_STATUSES = ("pending", "queued", "done", "cancelled")
 CHUNKS_LEFT = ("pending", "queued")
 # A chunk's results count only while its batch can still use them.
 COUNTING_STATUSES = ("in_progress", "finalizing", "cancelling")
-# Chunks are sent only for a batch that is planned and not cancelled.
+# Chunks are sent only for a batch whose chunks are (being) recorded and that is not cancelled.
 SENDING_STATUSES = ("queued", "in_progress")
+# A planner may record chunks while the batch is in one of these and ``planned_at`` is not set:
+# chunks run while the rest of the file is planned.
+PLANNING_STATUSES = ("validating", "queued", "in_progress")
 
 # Status -> the statuses a batch may reach it from.
 TRANSITIONS: dict[str, tuple[str, ...]] = {
@@ -129,6 +133,9 @@ class Batch(Base):
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, default=None)
+    # When planning recorded the last chunk and the final total; until then chunks may already run
+    # (their tasks are sent as they are planned), ``total_count`` grows, and finalize waits.
+    planned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, default=None)
     finalizing_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, default=None)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, default=None)
     failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, default=None)
@@ -136,7 +143,10 @@ class Batch(Base):
 
     @property
     def progress(self) -> int:
-        """Percent of the requests with a result (output or error), 0 to 100."""
+        """Percent of the requests with a result (output or error), 0 to 100; 0 while the file is
+        still being planned (the total is not known yet), unless the batch already ended."""
+        if self.planned_at is None and self.status not in (*FINAL_STATUSES, "cancelling"):
+            return 0
         if not self.total_count:
             return 100 if self.status == "completed" else 0
         return min(100, 100 * (self.completed_count + self.failed_count) // self.total_count)
@@ -384,8 +394,97 @@ def _transition(
 
 
 def mark_queued(session: Session, batch_id: str, total: int) -> bool:
-    """Planning is done: ``validating -> queued`` with the number of requests. False if not validating."""
-    return _transition(session, batch_id, "queued", total_count=total)
+    """Planning is done in one go: ``validating -> queued`` with the number of requests, planned.
+    False if not validating."""
+    return _transition(session, batch_id, "queued", total_count=total, planned_at=utcnow())
+
+
+def claim_planning(session: Session, batch_id: str) -> bool:
+    """Whether the batch is still being planned (validating, queued or in progress, ``planned_at``
+    not set); if so its row is now locked until the transaction ends.
+
+    A write, so that it takes the lock on SQLite too (reads there take none): two planners
+    recording chunks, or a planner and a cancel, go one after the other.
+    """
+    result = session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.status.in_(PLANNING_STATUSES), Batch.planned_at.is_(None))
+        .values(status=Batch.status)
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(result) == 1
+
+
+@dataclass(frozen=True)
+class PlannedSoFar:
+    """What earlier planning recorded of a batch: the next chunk index, and the byte the recorded
+    chunks end at (lines before it are in a chunk already)."""
+
+    next_index: int
+    end_byte: int
+
+
+def planned_so_far(session: Session, batch_id: str) -> PlannedSoFar:
+    row = session.execute(
+        select(func.max(Chunk.index), func.max(Chunk.end_byte)).where(Chunk.batch_id == batch_id)
+    ).one()
+    return PlannedSoFar(0 if row[0] is None else row[0] + 1, row[1] or 0)
+
+
+def record_planned_chunks(
+    session: Session,
+    batch_id: str,
+    specs: Sequence[ChunkSpec],
+    *,
+    duplicates: Mapping[int, Sequence[int]],
+    sends: Mapping[int, tuple[str, str]],
+) -> list[ChunkSpec] | None:
+    """Record chunks as planning finds them (after :func:`claim_planning`, same transaction): those
+    not yet recorded are inserted as sent, their lines added to ``total_count``, and a batch still
+    ``validating`` becomes ``queued``. Returns the chunks this call recorded (send those, after
+    the commit); None when other chunks cover these bytes (another planner cut the file
+    otherwise): stop planning.
+
+    Chunk boundaries are deterministic for a file and settings, so a planner run again after a
+    crash, or racing another, skips the chunks already recorded instead of making them twice.
+    """
+    so_far = planned_so_far(session, batch_id)
+    new = [spec for spec in specs if spec.index >= so_far.next_index]
+    if new and new[0].start < so_far.end_byte:
+        return None
+    if not new:
+        return []
+    add_chunks(session, batch_id, new, duplicates=duplicates, sends=sends)
+    session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id)
+        .values(
+            total_count=Batch.total_count + sum(spec.line_count for spec in new),
+            status=case((Batch.status == "validating", "queued"), else_=Batch.status),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    _expire(session, Batch, batch_id)
+    return new
+
+
+def mark_planned(session: Session, batch_id: str, total: int) -> bool:
+    """Planning ended (after :func:`claim_planning`, same transaction): ``planned_at`` and the final
+    ``total_count`` set; ``validating -> queued`` if no chunk was recorded before. Then, when every
+    chunk already finished (they run while the file is planned), the batch moves to
+    ``finalizing``: True, and the caller queues finalize."""
+    session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id)
+        .values(
+            total_count=total,
+            planned_at=utcnow(),
+            status=case((Batch.status == "validating", "queued"), else_=Batch.status),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    _expire(session, Batch, batch_id)
+    return all_counted(session, batch_id) and mark_finalizing(session, batch_id)
 
 
 def mark_started(session: Session, batch_id: str) -> bool:
@@ -394,10 +493,12 @@ def mark_started(session: Session, batch_id: str) -> bool:
 
 
 def mark_finalizing(session: Session, batch_id: str) -> bool:
-    """Every chunk is done: ``in_progress -> finalizing``; False while a chunk is left, or for the
-    second of racing callers."""
+    """Every chunk is done and planning ended: ``in_progress -> finalizing``; False while a chunk is
+    left or the file is still being planned, or for the second of racing callers."""
     unfinished = select(Chunk.id).where(Chunk.batch_id == batch_id, Chunk.status.in_(CHUNKS_LEFT)).exists()
-    return _transition(session, batch_id, "finalizing", ~unfinished, finalizing_at=utcnow())
+    return _transition(
+        session, batch_id, "finalizing", ~unfinished, Batch.planned_at.is_not(None), finalizing_at=utcnow()
+    )
 
 
 def mark_completed(
@@ -626,11 +727,14 @@ def complete_chunk(
 
 
 def all_counted(session: Session, batch_id: str) -> bool:
-    """Whether the batch's counters add up to its total: every request line has its result, so no
+    """Whether planning ended and the batch's counters add up to its total: every request line has
+    its result, so no
     chunk is left (each chunk adds exactly its lines, once). A cheap read of one row, for the chunk
     that just counted to tell whether it may be the last before trying :func:`mark_finalizing`."""
     row = session.execute(
-        select(Batch.total_count, Batch.completed_count + Batch.failed_count).where(Batch.id == batch_id)
+        select(Batch.total_count, Batch.completed_count + Batch.failed_count).where(
+            Batch.id == batch_id, Batch.planned_at.is_not(None)
+        )
     ).first()
     return row is not None and row[0] > 0 and row[1] >= row[0]
 
@@ -705,13 +809,33 @@ def stale_batches(session: Session, status: str, older_than: datetime, limit: in
     )
 
 
+def unplanned_batches(session: Session, older_than: datetime, limit: int = 100) -> list[Batch]:
+    """Batches created before ``older_than`` whose planning has not ended (validating, or queued
+    or in progress with chunks of the file's start already running): the planner was lost."""
+    return list(
+        session.scalars(
+            select(Batch)
+            .where(
+                Batch.status.in_(PLANNING_STATUSES),
+                Batch.planned_at.is_(None),
+                Batch.created_at < older_than,
+            )
+            .order_by(Batch.created_at, Batch.id)
+            .limit(limit)
+        )
+    )
+
+
 def batches_done_running(session: Session, limit: int = 100) -> list[str]:
     """Ids of in-progress batches with no chunk left to do: ready to finalize (if whoever finished the
     last chunk did not get to it)."""
     unfinished = select(Chunk.id).where(Chunk.batch_id == Batch.id, Chunk.status.in_(CHUNKS_LEFT)).exists()
     return list(
         session.scalars(
-            select(Batch.id).where(Batch.status == "in_progress", ~unfinished).order_by(Batch.id).limit(limit)
+            select(Batch.id)
+            .where(Batch.status == "in_progress", Batch.planned_at.is_not(None), ~unfinished)
+            .order_by(Batch.id)
+            .limit(limit)
         )
     )
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
+
+import numpy as np
 
 from inferq.retries import call_retrying
 from inferq.services import RedisError
@@ -18,6 +21,7 @@ from registry.batch_input import (
     INVALID_INPUT,
     BatchRequest,
     LineError,
+    checked_values,
     confirm_values,
     error_line,
     line_error_line,
@@ -54,6 +58,12 @@ from workers.storage import ObjectNotFound, StorageError, StorageUnavailable, sp
 from workers.triton import TritonModelNotFound, TritonUnavailable
 
 log = logging.getLogger(__name__)
+
+# Chunks one worker process runs at once, whatever its pool's size (threads also serve sync
+# requests): a chunk is mostly Python work under the GIL, and more of them at once than the
+# cores can run only adds switching and database lock waits (2 cores: 2 per GPU worker).
+CHUNKS_AT_ONCE = 2
+_running = threading.BoundedSemaphore(CHUNKS_AT_ONCE)
 
 
 @dataclass(frozen=True)
@@ -175,8 +185,10 @@ def chunk_lines(services: Services, work: ChunkWork) -> Iterator[tuple[int, byte
         yield number, raw
 
 
-# Runs a micro-batch of valid requests: one result per request, in order.
-Runner = Callable[[Sequence[BatchRequest]], list[LineResult]]
+# Runs a micro-batch of valid requests: one result per request, in order. The second argument,
+# when not None, holds the requests' input values already checked together (checked_values):
+# one array per input, a row per request, which the call may send as they are.
+Runner = Callable[[Sequence[BatchRequest], Sequence[np.ndarray] | None], list[LineResult]]
 
 
 def write_lines(
@@ -199,9 +211,17 @@ def write_lines(
     held: list[tuple[int, bytes]] = []  # error lines of invalid input lines since the last flush
     raws: dict[int, bytes] = {}  # the lines of unconfirmed pending requests
 
+    values: list[Sequence[np.ndarray] | None] = [None]  # the checked arrays of the flush's requests
+
     def confirmed(requests: list[BatchRequest]) -> list[BatchRequest]:
         unsure = [request for request in requests if not request.confirmed]
-        if not unsure or confirm_values(unsure):
+        if not unsure:
+            return requests
+        if len(unsure) == len(requests):
+            values[0] = checked_values(requests)
+            if values[0] is not None:
+                return requests
+        elif confirm_values(unsure):
             return requests
         if recheck is None:
             raise ValueError("unconfirmed requests need a recheck")
@@ -216,12 +236,13 @@ def write_lines(
 
     def flush() -> None:
         nonlocal pending, pending_rows
+        values[0] = None
         ready = confirmed(pending) if pending else pending
         errors = list(held)
         held.clear()
         raws.clear()
         if ready:
-            for request, result in zip(ready, run(ready), strict=True):
+            for request, result in zip(ready, run(ready, values[0]), strict=True):
                 if result.outputs is not None:
                     try:
                         writer.add_output(output_line(request.custom_id, result.outputs, result.finite))
@@ -270,7 +291,7 @@ def triton_runner(
     retry_seconds = services.settings.batch_triton_retry_seconds
     down: list[str] = []
 
-    def run(requests: Sequence[BatchRequest]) -> list[LineResult]:
+    def run(requests: Sequence[BatchRequest], values: Sequence[np.ndarray] | None = None) -> list[LineResult]:
         if down:
             return [LineResult(code=TritonUnavailable.code, message=down[0])] * len(requests)
 
@@ -283,6 +304,7 @@ def triton_runner(
                 requests[0].outputs,
                 retry_seconds=retry_seconds,
                 request_id=request_id,
+                values=values,
             )
 
         try:
@@ -303,7 +325,9 @@ def triton_runner(
     return run
 
 
-def cancelled_runner(requests: Sequence[BatchRequest]) -> list[LineResult]:
+def cancelled_runner(
+    requests: Sequence[BatchRequest], values: Sequence[np.ndarray] | None = None
+) -> list[LineResult]:
     message = "the batch was cancelled before this line ran"
     return [LineResult(code=CANCELLED, message=message)] * len(requests)
 
@@ -376,6 +400,13 @@ def run_chunk(
     on its last attempt the lines fail with ``backend_unavailable`` instead.
     Returns what happened, for the log.
     """
+    with _running:
+        return _run_chunk(services, dispatch, batch_id, index, gpu, run, worker)
+
+
+def _run_chunk(
+    services: Services, dispatch: Dispatch, batch_id: str, index: int, gpu: int, run: str, worker: str
+) -> str:
     work = start_chunk(services, batch_id, index)
     if work is None:
         return "skipped"

@@ -1,11 +1,12 @@
-"""Planning a batch (control queue): read the input file as a stream, check every line, cut it into
-chunks recorded in the database, then send one task per chunk to the GPU queues."""
+"""Planning a batch (control queue): read the input file as a stream, claim every line's custom_id,
+cut the file into chunks, and record and send them group by group as they are found."""
 
 from __future__ import annotations
 
-import bisect
 import logging
-from collections.abc import Iterator, Sequence
+import time
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from inferq.retries import call_retrying
@@ -20,6 +21,7 @@ from registry.batch_input import (
     reader_limit,
 )
 from registry.files import file_by_id, set_line_count
+from tasks.batch_chunks import queue_finalize
 from tasks.batches import (
     EMPTY_INPUT,
     INPUT_FILE_NOT_FOUND,
@@ -36,71 +38,171 @@ from tasks.batches import (
     send_chunk,
     transaction,
 )
-from tasks.pipeline import PipelineError, ResolvedModel, resolve_model
+from tasks.pipeline import PipelineError, resolve_model
 from tasks.runtime import Services
 from workers.storage import ObjectNotFound, StorageError, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Scan:
-    """What planning learnt of an input file: request lines, lines, duplicates, chunks."""
-
-    total: int = 0
-    lines: int = 0
-    duplicates: list[int] = field(default_factory=list)
-    chunks: list[ChunkSpec] = field(default_factory=list)
+# Chunks are recorded and sent as planning finds them, so that they run while the rest of the file
+# is read: the first one alone (at once), then groups of up to PLAN_GROUP_CHUNKS chunks, or what
+# PLAN_GROUP_SECONDS of reading found (one transaction and one round of sends per group).
+PLAN_GROUP_CHUNKS = 8
+PLAN_GROUP_SECONDS = 0.2
 
 
 class TooManyRequests(Exception):
     pass
 
 
-def scan_input(
-    services: Services, key: str, size: int, model: ResolvedModel, max_requests: int | None = None
-) -> Scan:
-    """Read the input file as a stream and cut it into chunks (bounded memory but for the set of
-    custom_ids, which a duplicate check needs: about 100 MB for a million ids).
-
-    Every non-blank line, valid or not, belongs to a chunk, which writes its error line in
-    input order; what only the whole file tells (a custom_id used twice) is recorded here.
-    """
-    settings = services.settings
-    max_line = settings.batch_max_line_bytes
-    limit = max_requests or settings.batch_max_requests
-    scan = Scan()
-    seen: set[str] = set()
-
-    def spans() -> Iterator[tuple[int, int, int]]:
-        for start, end, raw in services.store.iter_line_spans(key, max_line=reader_limit(max_line)):
-            scan.lines += 1
-            # The custom_id only (duplicates need the whole file); each chunk checks its lines' inputs.
-            parsed = claim_line(raw, scan.lines, seen, max_line)
-            if parsed is None:
-                continue
-            scan.total += 1
-            if scan.total > limit:
-                raise TooManyRequests(f"the file has more than {limit} request lines")
-            if isinstance(parsed, LineError) and parsed.code == DUPLICATE_CUSTOM_ID:
-                scan.duplicates.append(scan.lines)
-            yield scan.lines, start, end
-
-    # Chunks of at most a tenth of the file, so that progress moves at least every 10%.
-    max_bytes = max(1, min(settings.batch_chunk_max_bytes, size // 10))
-    scan.chunks = list(plan_chunks(spans(), settings.batch_chunk_lines, max_bytes))
-    return scan
+class PlanStopped(Exception):
+    """The batch is no longer being planned by this planner (cancelled, failed, planned elsewhere)."""
 
 
-def duplicates_by_chunk(chunks: Sequence[ChunkSpec], duplicates: Sequence[int]) -> dict[int, list[int]]:
-    """Chunk index -> the duplicate line numbers it holds (both lists in file order)."""
-    firsts = [chunk.first_line for chunk in chunks]
-    found: dict[int, list[int]] = {}
-    for line in duplicates:
-        position = bisect.bisect_right(firsts, line) - 1
-        if position >= 0:
-            found.setdefault(chunks[position].index, []).append(line)
-    return found
+@dataclass
+class Scan:
+    """What planning learnt of an input file: request lines, lines, and the chunks it recorded."""
+
+    total: int = 0
+    lines: int = 0
+    recorded: int = 0
+
+
+def take_duplicates(pending: deque[tuple[int, int]], end: int) -> list[int]:
+    """The line numbers of ``pending`` duplicates ((start byte, line number), file order) that lie
+    before byte ``end``: those of the chunk ending there, taken off ``pending``."""
+    taken = []
+    while pending and pending[0][0] < end:
+        taken.append(pending.popleft()[1])
+    return taken
+
+
+@dataclass
+class Planner:
+    """Streams a batch's input file into chunks, recorded and sent group by group (see
+    :func:`plan_batch`)."""
+
+    services: Services
+    dispatch: Dispatch
+    batch_id: str
+    candidates: list[int]
+    scan: Scan = field(default_factory=Scan)
+
+    def run(self, key: str, size: int, max_requests: int | None = None) -> Scan:
+        """Read the file, record and send its chunks; the planning is not marked ended here.
+
+        Memory is bounded but for the set of custom_ids, which a duplicate check needs (about
+        100 MB for a million ids). Chunks an earlier planner recorded (a crash, a re-run, a
+        planner racing this one) are not recorded or sent again: their lines are only read
+        for their custom_ids and counts.
+        """
+        settings = self.services.settings
+        max_line = settings.batch_max_line_bytes
+        limit = max_requests or settings.batch_max_requests
+        self.scan = scan = Scan()
+        so_far = db_retrying(self._planned_so_far)
+        seen: set[str] = set()
+        duplicates: deque[tuple[int, int]] = deque()
+
+        def spans() -> Iterator[tuple[int, int, int]]:
+            for start, end, raw in self.services.store.iter_line_spans(key, max_line=reader_limit(max_line)):
+                scan.lines += 1
+                # The custom_id only (duplicates need the whole file); each chunk checks its lines' inputs.
+                parsed = claim_line(raw, scan.lines, seen, max_line)
+                if parsed is None:
+                    continue
+                scan.total += 1
+                if scan.total > limit:
+                    raise TooManyRequests(f"the file has more than {limit} request lines")
+                if start < so_far.end_byte:
+                    continue  # in a chunk recorded (and sent) by an earlier planner
+                if isinstance(parsed, LineError) and parsed.code == DUPLICATE_CUSTOM_ID:
+                    duplicates.append((start, scan.lines))
+                yield scan.lines, start, end
+
+        # Chunks of at most a tenth of the file, so that progress moves at least every 10%.
+        max_bytes = max(1, min(settings.batch_chunk_max_bytes, size // 10))
+        group: list[ChunkSpec] = []
+        found: dict[int, list[int]] = {}
+        flushed_at = None
+        chunks = plan_chunks(spans(), settings.batch_chunk_lines, max_bytes, first_index=so_far.next_index)
+        for chunk in chunks:
+            group.append(chunk)
+            dups = take_duplicates(duplicates, chunk.end)
+            if dups:
+                found[chunk.index] = dups
+            now = time.monotonic()
+            if (
+                flushed_at is None
+                or len(group) >= PLAN_GROUP_CHUNKS
+                or now - flushed_at >= PLAN_GROUP_SECONDS
+            ):
+                self.record(group, found)
+                group, found, flushed_at = [], {}, now
+        if group:
+            self.record(group, found)
+        return scan
+
+    def _planned_so_far(self) -> registry.PlannedSoFar:
+        with transaction(self.services) as session:
+            return registry.planned_so_far(session, self.batch_id)
+
+    def record(self, group: list[ChunkSpec], duplicates: dict[int, list[int]]) -> None:
+        """Record a group of chunks as sent, then send them; PlanStopped when the batch is no longer
+        being planned (cancelled, failed, or another planner recorded other chunks here)."""
+        gpus = assign_gpus(self.services, self.candidates, len(group))
+        sends = {chunk.index: (gpu_queue(gpu), new_task_id()) for chunk, gpu in zip(group, gpus, strict=True)}
+
+        def insert() -> list[ChunkSpec] | None:
+            with transaction(self.services) as session:
+                if not registry.claim_planning(session, self.batch_id):
+                    return None
+                recorded = registry.record_planned_chunks(
+                    session, self.batch_id, group, duplicates=duplicates, sends=sends
+                )
+                if recorded is None:
+                    session.rollback()
+                return recorded
+
+        recorded: list[ChunkSpec] | None = db_retrying(insert)
+        if recorded is None:
+            raise PlanStopped
+        self.scan.recorded += len(recorded)
+        for sent, chunk in enumerate(recorded):
+            queue, task_id = sends[chunk.index]
+            try:
+                send_chunk(self.dispatch, self.batch_id, chunk.index, queue, task_id)
+            except PipelineError as exc:  # recorded as sent: the reaper sends them once the broker is back
+                log.warning(
+                    "batch %s: %s chunks not sent (%s)", self.batch_id, len(recorded) - sent, exc.detail
+                )
+                break
+
+    def finish(self) -> str:
+        """Planning ended: the final total recorded (and the file's line count); finalize queued if
+        every chunk already finished. Returns what happened, for the log."""
+        scan = self.scan
+
+        def mark() -> tuple[bool, bool]:
+            with transaction(self.services) as session:
+                if not registry.claim_planning(session, self.batch_id):
+                    return False, False
+                last = registry.mark_planned(session, self.batch_id, scan.total)
+                batch = registry.batch_by_id(session, self.batch_id)
+                if batch is not None and batch.input_file_id:
+                    input_file = file_by_id(session, batch.input_file_id)
+                    if input_file is not None:
+                        set_line_count(session, input_file, scan.lines)
+                return True, last
+
+        marked, last = db_retrying(mark)
+        if not marked:
+            return "planned elsewhere"
+        if last:
+            queue_finalize(self.dispatch, self.batch_id)
+        log.info("batch %s: %s requests, %s chunks recorded here", self.batch_id, scan.total, scan.recorded)
+        return "queued"
 
 
 def _model_failure(exc: PipelineError) -> tuple[str, str]:
@@ -109,16 +211,19 @@ def _model_failure(exc: PipelineError) -> tuple[str, str]:
 
 
 def plan_batch(services: Services, dispatch: Dispatch, batch_id: str) -> str:
-    """Plan a ``validating`` batch: check its lines, record its chunks as sent, ``queued``; then
-    send the chunk tasks (after the commit). Returns what happened, for the log.
+    """Plan a batch: read its file as a stream and cut it into chunks, each group of chunks recorded
+    as sent (the batch ``queued`` from the first) and then sent, so that chunks run while the rest
+    is read; at the end, the final total and ``planned_at``. Returns what happened, for the log.
 
-    Safe to run twice, even at once: only the run whose ``validating -> queued`` update
-    wins records chunks; the other rolls back.
+    Safe to run again after a crash midway, and twice at once: chunk boundaries are the same
+    on each run, and a chunk already recorded is neither recorded nor sent again (each group is
+    recorded under the batch row's lock). A cancel or a failure stops planning at its next group.
+    Finalize waits for ``planned_at``; if every chunk finished before, the planner queues it.
     """
     with transaction(services) as session:
         batch = registry.batch_by_id(session, batch_id)
-        if batch is None or batch.status != "validating":
-            return "not validating"
+        if batch is None or batch.status not in registry.PLANNING_STATUSES or batch.planned_at is not None:
+            return "not planning"
         file = file_by_id(session, batch.input_file_id) if batch.input_file_id else None
         name, version = batch.model_name, batch.model_version
         source = (file.object_key, file.bytes) if file is not None and file.deleted_at is None else None
@@ -136,8 +241,12 @@ def plan_batch(services: Services, dispatch: Dispatch, batch_id: str) -> str:
     if not candidates:
         fail_batch(services, batch_id, MODEL_NOT_READY, f"{name!r} is not ready on any configured GPU")
         return "failed"
+    planner = Planner(services, dispatch, batch_id, candidates)
     try:
-        scan = call_retrying(lambda: scan_input(services, *source, model), StorageUnavailable, seconds=60)
+        # A retry reads the file again from its start; the chunks already recorded are skipped.
+        scan = call_retrying(lambda: planner.run(*source), StorageUnavailable, seconds=60)
+    except PlanStopped:
+        return "stopped"
     except ObjectNotFound:
         fail_batch(services, batch_id, INPUT_FILE_NOT_FOUND, "the input file's object is missing")
         return "failed"
@@ -150,40 +259,4 @@ def plan_batch(services: Services, dispatch: Dispatch, batch_id: str) -> str:
     if scan.total == 0:
         fail_batch(services, batch_id, EMPTY_INPUT, "the input file has no request lines")
         return "failed"
-
-    gpus = assign_gpus(services, candidates, len(scan.chunks))
-    sends = {
-        chunk.index: (gpu_queue(gpu), new_task_id()) for chunk, gpu in zip(scan.chunks, gpus, strict=True)
-    }
-
-    def record() -> bool:
-        with transaction(services) as session:
-            # First: of two planners, the second waits here for the first's commit, then is told no.
-            if not registry.mark_queued(session, batch_id, scan.total):
-                session.rollback()
-                return False
-            registry.add_chunks(
-                session,
-                batch_id,
-                scan.chunks,
-                duplicates=duplicates_by_chunk(scan.chunks, scan.duplicates),
-                sends=sends,
-            )
-            batch = registry.batch_by_id(session, batch_id)
-            if batch is not None and batch.input_file_id:
-                input_file = file_by_id(session, batch.input_file_id)
-                if input_file is not None:
-                    set_line_count(session, input_file, scan.lines)
-            return True
-
-    if not db_retrying(record):
-        return "planned elsewhere"
-    for sent, chunk in enumerate(scan.chunks):
-        queue, task_id = sends[chunk.index]
-        try:
-            send_chunk(dispatch, batch_id, chunk.index, queue, task_id)
-        except PipelineError as exc:  # recorded as sent: the reaper sends them once the broker is back
-            log.warning("batch %s: %s chunks not sent (%s)", batch_id, len(scan.chunks) - sent, exc.detail)
-            break
-    log.info("batch %s: %s requests in %s chunks", batch_id, scan.total, len(scan.chunks))
-    return "queued"
+    return planner.finish()

@@ -72,8 +72,9 @@ def reap(services: Services, dispatch: Dispatch, now: datetime | None = None, li
     - chunks whose message was lost (see :func:`is_lost`), older than
       ``INFERQ_BATCH_LOST_CHUNK_AGE``, are sent again; a chunk lost too many times fails its batch;
     - batches with every chunk done but still ``in_progress`` are moved to finalizing;
-    - batches left ``validating``, ``finalizing`` or ``cancelling`` past the task's time limit
-      get their plan or finalize task again.
+    - batches whose planning has not ended (``validating``, or running their first chunks without
+      ``planned_at``), or left ``finalizing`` or ``cancelling``, past the task's time limit, get
+      their plan or finalize task again (a plan run again skips the chunks already recorded).
     """
     settings = services.settings
     now = now or utcnow()
@@ -106,7 +107,8 @@ def reap(services: Services, dispatch: Dispatch, now: datetime | None = None, li
         ready = registry.batches_done_running(session, limit=limit)
         plan_after = timedelta(seconds=settings.batch_plan_time_limit + 60)
         finalize_after = timedelta(seconds=settings.batch_finalize_time_limit + 60)
-        validating = [b.id for b in registry.stale_batches(session, "validating", now - plan_after, limit)]
+        # Validating, or already running the chunks of the file's start: planning never ended.
+        validating = [b.id for b in registry.unplanned_batches(session, now - plan_after, limit)]
         stuck = [
             b.id
             for status in ("finalizing", "cancelling")

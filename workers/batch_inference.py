@@ -12,6 +12,7 @@ whether the chunk runs again later.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from inferq.retries import retrying
-from inferq.tensors import from_numpy, to_numpy
+from inferq.tensors import NUMPY_DTYPES, from_numpy, to_numpy
 from inferq.tracing import span
 from workers.triton import TritonEndpoint, TritonError, TritonModelNotFound, TritonUnavailable
 
@@ -94,8 +95,13 @@ def infer_lines(
     *,
     retry_seconds: float = 30.0,
     request_id: str = "",
+    values: Sequence[np.ndarray] | None = None,
 ) -> list[LineResult]:
     """Run ``lines`` (each a line's input tensors; all with one merge key) on ``endpoint``.
+
+    ``values``, when given, holds the lines' data already as arrays (one per input, in the
+    order of the lines' tensors, a row per line): the merged call is built from them instead of
+    from the lines' lists, with the same result.
 
     Returns one result per line, in order. Raises
     :class:`~workers.triton.TritonUnavailable` when Triton stays unreachable for
@@ -107,7 +113,7 @@ def infer_lines(
     with span("triton.infer", model=model.name, lines=len(lines)):
         if len(lines) > 1 and model.batchable:
             try:
-                return _merged(endpoint, model, lines, outputs, retry_seconds, request_id)
+                return _merged(endpoint, model, lines, outputs, retry_seconds, request_id, values)
             except TritonModelNotFound as exc:
                 return [LineResult(code=exc.code, message=str(exc))] * len(lines)
             except TritonUnavailable:
@@ -165,14 +171,19 @@ def _merged(
     outputs: Sequence[str] | None,
     retry_seconds: float,
     request_id: str,
+    values: Sequence[np.ndarray] | None = None,
 ) -> list[LineResult]:
     counts = [rows(tensors) for tensors in lines]
     total = sum(counts)
     arrays: dict[str, tuple[str, np.ndarray]] = {}
-    for first in lines[0]:
+    for position, first in enumerate(lines[0]):
+        shape = [total, *first.shape[1:]]
+        given = _given(values, position, first, shape)
+        if given is not None:
+            arrays[first.name] = (first.datatype, given)
+            continue
         same = [next(t for t in tensors if t.name == first.name) for tensors in lines]
         flat = list(itertools.chain.from_iterable(t.data for t in same))
-        shape = [total, *first.shape[1:]]
         arrays[first.name] = (
             first.datatype,
             to_numpy({"datatype": first.datatype, "shape": shape, "data": flat}),
@@ -201,6 +212,24 @@ def _merged(
             tensors.append({"name": name, "datatype": datatype, "shape": [high - low, *tail], "data": data})
         results.append(LineResult(tensors, finite=finite))
     return results
+
+
+def _given(
+    values: Sequence[np.ndarray] | None, position: int, first: LineTensor, shape: list[int]
+) -> np.ndarray | None:
+    # The checked array of input ``position`` cast to its datatype: what to_numpy makes of the
+    # lines' lists when the kinds agree (Python floats become float64 there too, then are cast;
+    # ints stay ints). Otherwise None: built from the lists.
+    if values is None or position >= len(values) or first.datatype == "BYTES":
+        return None
+    array = values[position]
+    target = np.dtype(NUMPY_DTYPES[first.datatype])
+    same_kind = (array.dtype.kind == "f" and target.kind == "f") or (
+        array.dtype.kind in "iu" and target.kind in "iu"
+    )
+    if not same_kind or array.size != math.prod(shape):
+        return None
+    return array.astype(target, copy=False).reshape(shape)
 
 
 def _row_lists(datatype: str, array: np.ndarray) -> list[list[Any]]:

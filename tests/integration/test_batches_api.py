@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -194,6 +195,11 @@ def test_cancel_mid_way_keeps_what_finished_and_reports_the_rest_as_cancelled(st
     file = upload(stack, expected.data)
     batch = create_batch(stack, file["id"])
     wait_for(stack, batch["id"], ("in_progress",), timeout=60)
+    # Chunks run while the file is planned; progress moves once the whole file is: cancel then,
+    # so that every line is in a chunk (a cancel during planning: test_cancel_during_planning_stops_it).
+    deadline = time.monotonic() + 60
+    while get_batch(stack, batch["id"])["progress"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
     client, auth = stack.client(), stack.auth()
     response = client.post(f"/v1/batches/{batch['id']}/cancel", headers=auth)
     assert response.status_code == 200, response.get_data(as_text=True)
@@ -346,3 +352,211 @@ def test_an_empty_input_fails_the_batch(stack: Stack) -> None:
     batch = wait_for(stack, create_batch(stack, file["id"])["id"])
     assert batch["status"] == "failed" and batch["errors"][0]["code"] == "empty_input"
     assert batch["request_counts"]["total"] == 0
+
+
+# --- planning streams its chunks -------------------------------------------------------------------
+
+
+def recording_dispatch(sent: list[tuple[str, list[Any], str]], on_send: Any = None) -> Any:
+    """A dispatch that records what is sent (and calls ``on_send(name, args, queue)`` first)."""
+    from tasks import batches
+
+    def send(name: str, args: list[Any], queue: str, *_: Any) -> None:
+        if on_send is not None:
+            on_send(name, args, queue)
+        sent.append((name, args, queue))
+
+    return batches.Dispatch(send, lambda ids: None)
+
+
+def chunk_indexes(sent: list[tuple[str, list[Any], str]]) -> list[int]:
+    from tasks import batches
+
+    return [args[1] for name, args, _ in sent if name == batches.CHUNK_TASK]
+
+
+def recorded_chunks(stack: Stack, batch_id: str) -> list[Any]:
+    from registry.batches import list_chunks
+
+    with stack.services.db.session() as session:
+        chunks = list_chunks(session, batch_id)
+        session.expunge_all()
+    return chunks
+
+
+def assert_one_set_of_chunks(stack: Stack, batch_id: str, expected: Any) -> list[Any]:
+    """Chunks numbered 0..n-1, their byte ranges one after another, every request line in one."""
+    chunks = recorded_chunks(stack, batch_id)
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert all(a.end_byte <= b.start_byte for a, b in itertools.pairwise(chunks))
+    assert sum(c.line_count for c in chunks) == expected.total
+    return chunks
+
+
+def test_a_plan_run_again_after_a_crash_midway_records_and_sends_each_chunk_once(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks import batch_chunks, batch_finalize, batch_planning, batches
+
+    monkeypatch.setattr(batch_planning, "PLAN_GROUP_CHUNKS", 2)
+    monkeypatch.setattr(batch_planning, "PLAN_GROUP_SECONDS", 3600.0)
+
+    class Crash(Exception):
+        pass
+
+    first: list[tuple[str, list[Any], str]] = []
+
+    def crash_at_the_fourth_chunk(name: str, args: list[Any], queue: str) -> None:
+        if name == batches.CHUNK_TASK and len(chunk_indexes(first)) == 3:
+            raise Crash  # chunks 3 and 4 recorded as sent, never sent: the planner died
+
+    expected = make_input(400, bad_every=10, prefix="crash")
+    assert expected.errors and any(code == "duplicate_custom_id" for code in expected.errors.values())
+    file = upload(stack, expected.data)
+    batch, _ = batches.create(
+        stack.services, recording_dispatch([]), "acme", {"model": "digits", "input_file_id": file["id"]}
+    )
+    with pytest.raises(Crash):
+        batch_planning.plan_batch(
+            stack.services, recording_dispatch(first, crash_at_the_fourth_chunk), batch["id"]
+        )
+    assert chunk_indexes(first) == [0, 1, 2]
+    midway = get_batch(stack, batch["id"])
+    assert midway["status"] == "queued" and midway["progress"] == 0
+    recorded_before = recorded_chunks(stack, batch["id"])
+    assert [c.index for c in recorded_before] == [0, 1, 2, 3, 4]
+    assert midway["request_counts"]["total"] == sum(c.line_count for c in recorded_before)
+
+    again: list[tuple[str, list[Any], str]] = []
+    assert batch_planning.plan_batch(stack.services, recording_dispatch(again), batch["id"]) == "queued"
+    assert chunk_indexes(again)[0] == 5, "the chunks recorded before are neither recorded nor sent again"
+    assert batch_planning.plan_batch(stack.services, recording_dispatch([]), batch["id"]) == "not planning"
+    chunks = assert_one_set_of_chunks(stack, batch["id"], expected)
+    assert chunk_indexes(again) == list(range(5, len(chunks)))
+    planned = get_batch(stack, batch["id"])
+    assert planned["request_counts"]["total"] == expected.total
+    for chunk in chunks:  # 3 and 4 were never sent: the reaper's job, done here by hand
+        assert (
+            batch_chunks.run_chunk(
+                stack.services, recording_dispatch(again), batch["id"], chunk.index, 0, "r"
+            )
+            == "done"
+        )
+    assert again[-1][0] == batches.FINALIZE_TASK
+    assert batch_finalize.finalize_batch(stack.services, batch["id"]) == "completed"
+    done = get_batch(stack, batch["id"])
+    assert done["request_counts"] == {
+        "total": expected.total,
+        "completed": len(expected.rows),
+        "failed": len(expected.errors),
+    }
+    check_partition(stack, done, expected)
+
+
+def test_chunks_that_finish_before_planning_ends_still_complete_the_batch(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chunk runs as soon as it is sent, so every one is done before the plan ends: the chunks
+    cannot finalize (planning has not ended), the planner does, once."""
+    from tasks import batch_chunks, batch_finalize, batch_planning, batches
+
+    monkeypatch.setattr(batch_planning, "PLAN_GROUP_CHUNKS", 1)
+    sent: list[tuple[str, list[Any], str]] = []
+    seen: list[dict[str, Any]] = []
+    dispatch = recording_dispatch(sent)
+
+    def run_at_once(name: str, args: list[Any], queue: str) -> None:
+        if name == batches.CHUNK_TASK:
+            gpu = int(queue.rsplit(".", 1)[1])
+            assert batch_chunks.run_chunk(stack.services, dispatch, args[0], args[1], gpu, "now") == "done"
+            seen.append(get_batch(stack, args[0]))
+
+    expected = make_input(300, bad_every=15, prefix="early")
+    file = upload(stack, expected.data)
+    batch, _ = batches.create(
+        stack.services, dispatch, "acme", {"model": "digits", "input_file_id": file["id"]}
+    )
+    assert (
+        batch_planning.plan_batch(stack.services, recording_dispatch(sent, run_at_once), batch["id"])
+        == "queued"
+    )
+    assert len(seen) >= 10
+    for during in seen:
+        counts = during["request_counts"]
+        assert during["status"] == "in_progress" and during["progress"] == 0 and not during["finalizing_at"]
+        assert counts["total"] == counts["completed"] + counts["failed"], "total: the lines recorded so far"
+    assert [c["total"] for c in (s["request_counts"] for s in seen)] == sorted(
+        c["total"] for c in (s["request_counts"] for s in seen)
+    )
+    finalizes = [name for name, _, _ in sent if name == batches.FINALIZE_TASK]
+    assert finalizes == [batches.FINALIZE_TASK], "queued by the planner, once"
+    assert get_batch(stack, batch["id"])["status"] == "finalizing"
+    assert batch_finalize.finalize_batch(stack.services, batch["id"]) == "completed"
+    done = get_batch(stack, batch["id"])
+    assert done["request_counts"]["total"] == expected.total and done["progress"] == 100
+    check_partition(stack, done, expected)
+
+
+def test_cancel_during_planning_stops_it(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks import batch_finalize, batch_planning, batches
+
+    monkeypatch.setattr(batch_planning, "PLAN_GROUP_CHUNKS", 1)
+    sent: list[tuple[str, list[Any], str]] = []
+    dispatch = recording_dispatch(sent)
+
+    def cancel_at_the_third_chunk(name: str, args: list[Any], queue: str) -> None:
+        if name == batches.CHUNK_TASK and args[1] == 2:
+            assert batches.cancel(stack.services, dispatch, "acme", args[0])["status"] == "cancelling"
+
+    expected = make_input(300, prefix="cancel-plan")
+    file = upload(stack, expected.data)
+    batch, _ = batches.create(
+        stack.services, dispatch, "acme", {"model": "digits", "input_file_id": file["id"]}
+    )
+    outcome = batch_planning.plan_batch(
+        stack.services, recording_dispatch(sent, cancel_at_the_third_chunk), batch["id"]
+    )
+    assert outcome == "stopped"
+    assert chunk_indexes(sent) == [0, 1, 2], "no chunk recorded or sent after the cancel"
+    assert [c.index for c in recorded_chunks(stack, batch["id"])] == [0, 1, 2]
+    assert batch_finalize.finalize_batch(stack.services, batch["id"]) == "cancelled"
+    done = get_batch(stack, batch["id"])
+    counts = done["request_counts"]
+    assert done["status"] == "cancelled" and 0 < counts["total"] < expected.total
+    assert counts["failed"] == counts["total"] and counts["completed"] == 0
+    errors = download(stack, done["error_file_id"])
+    assert len(errors) == counts["total"] and {e["error"]["code"] for e in errors} == {"cancelled"}
+    assert batch_planning.plan_batch(stack.services, dispatch, batch["id"]) == "not planning"
+
+
+def test_two_planners_at_once_record_one_set_of_chunks(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks import batch_planning, batches
+
+    monkeypatch.setattr(batch_planning, "PLAN_GROUP_CHUNKS", 1)
+    expected = make_input(2000, bad_every=20, prefix="racing")
+    file = upload(stack, expected.data)
+    batch, _ = batches.create(
+        stack.services, recording_dispatch([]), "acme", {"model": "digits", "input_file_id": file["id"]}
+    )
+    barrier = threading.Barrier(2)
+    sends: list[list[tuple[str, list[Any], str]]] = [[], []]
+    outcomes: list[str] = []
+
+    def plan(which: int) -> None:
+        barrier.wait(30)
+        outcomes.append(
+            batch_planning.plan_batch(stack.services, recording_dispatch(sends[which]), batch["id"])
+        )
+
+    threads = [threading.Thread(target=plan, args=(which,)) for which in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert "queued" in outcomes and len(outcomes) == 2, outcomes
+    chunks = assert_one_set_of_chunks(stack, batch["id"], expected)
+    both = chunk_indexes(sends[0]) + chunk_indexes(sends[1])
+    assert sorted(both) == [c.index for c in chunks], "each chunk sent once, by the planner that recorded it"
+    duplicates = sorted(line for c in chunks for line in (c.duplicate_lines or ()))
+    assert duplicates == sorted(n for n, code in expected.errors.items() if code == "duplicate_custom_id")
+    assert get_batch(stack, batch["id"])["request_counts"]["total"] == expected.total

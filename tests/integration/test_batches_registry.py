@@ -650,3 +650,54 @@ def test_cancelled_at_is_when_the_cancel_was_asked(db: Database) -> None:
         assert mark_cancelled(session, batch.id)
         found = get_batch(session, tenant, batch.id)
         assert found is not None and found.status == "cancelled" and found.cancelled_at == asked
+
+
+def test_a_batch_planned_in_groups_finalizes_only_once_planned(db: Database) -> None:
+    """Chunks recorded group by group run while the file is planned: the total grows with them,
+    the reaper sees the planning as unfinished, and no chunk can finalize the batch before the
+    planner records the end."""
+    from registry.batches import (
+        all_counted,
+        batches_done_running,
+        claim_planning,
+        mark_planned,
+        record_planned_chunks,
+        unplanned_batches,
+    )
+
+    batch = new_batch(db, unique())
+    specs = [ChunkSpec(i, i * 100, (i + 1) * 100, i * 10 + 1, 10) for i in range(3)]
+    later = utcnow() + timedelta(hours=1)
+
+    def record(group: list[ChunkSpec]) -> list[ChunkSpec] | None:
+        with db.session() as session:
+            assert claim_planning(session, batch.id)
+            sends = {spec.index: ("gpu.0", f"t{spec.index}") for spec in group}
+            return record_planned_chunks(session, batch.id, group, duplicates={}, sends=sends)
+
+    assert record(specs[:1]) == specs[:1]
+    with db.session() as session:
+        assert batch_by_id(session, batch.id).status == "queued"  # type: ignore[union-attr]
+        assert batch_by_id(session, batch.id).total_count == 10  # type: ignore[union-attr]
+        assert mark_started(session, batch.id)
+        chunk = list_chunks(session, batch.id)[0]
+        assert chunk.status == "queued" and chunk.attempts == 1
+        assert complete_chunk(session, chunk.id, ok=10, errors=0, output_part_key="o", error_part_key=None)
+        assert not all_counted(session, batch.id) and not mark_finalizing(session, batch.id)
+    with db.session() as session:
+        assert batch.id in [b.id for b in unplanned_batches(session, later)]
+        assert batch.id not in batches_done_running(session)
+    assert record(specs[:2]) == specs[1:2], "a chunk already recorded is skipped"
+    assert record([ChunkSpec(2, 150, 300, 16, 15)]) is None, "cut otherwise: stop"
+    assert record(specs[2:]) == specs[2:]
+    with db.session() as session:
+        for chunk in list_chunks(session, batch.id)[1:]:
+            complete_chunk(session, chunk.id, ok=10, errors=0, output_part_key="o", error_part_key=None)
+    with db.session() as session:
+        assert claim_planning(session, batch.id)
+        assert mark_planned(session, batch.id, 30), "every chunk done: the planner finalizes"
+    with db.session() as session:
+        done = batch_by_id(session, batch.id)
+        assert done is not None and done.status == "finalizing" and done.planned_at is not None
+        assert not claim_planning(session, batch.id)
+        assert batch.id not in [b.id for b in unplanned_batches(session, later)]

@@ -314,3 +314,20 @@ def test_orjson_and_json_read_lines_alike() -> None:
 
     for raw in (b'{"a": 12345678901234567890}', b'\xef\xbb\xbf{"a": 1}', b'{"a": NaN}', b'{"a": 1e400}'):
         assert repr(load_json(raw)) == repr(json.loads(raw.decode("utf-8-sig")))
+
+
+def test_long_digit_runs_are_found_as_the_regex_finds_them() -> None:
+    import random
+    import re
+
+    from registry.batch_input import has_long_digits
+
+    pattern = re.compile(rb"\d{19}")
+    rng = random.Random(3)
+    samples = [b"", b"1" * 18, b"1" * 19, b"x" + b"9" * 19 + b"x", b"12345678901234567890", b"\xd9\xa0" * 30]
+    alphabet = b"0123456789.,e-\xd9\xa0 x"
+    for _ in range(2000):
+        samples.append(bytes(rng.choice(alphabet) for _ in range(rng.randrange(1, 60))))
+        samples.append(bytes(rng.choice(b"0123456789x") for _ in range(rng.randrange(15, 45))))
+    for raw in samples:
+        assert has_long_digits(raw) == bool(pattern.search(raw)), raw

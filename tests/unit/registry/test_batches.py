@@ -20,6 +20,7 @@ def batch(**fields: Any) -> Batch:
         failed_count=0,
         meta={},
         created_at=datetime(2026, 11, 28, 12, 0, tzinfo=UTC),
+        planned_at=datetime(2026, 11, 28, 12, 0, 1, tzinfo=UTC),
     )
     values.update(fields)
     return Batch(**values)
@@ -38,6 +39,12 @@ def batch(**fields: Any) -> Batch:
 )
 def test_progress_counts_results_and_errors(fields: dict[str, Any], progress: int) -> None:
     assert batch(**fields).progress == progress
+
+
+def test_progress_is_zero_while_the_file_is_planned() -> None:
+    # Chunks run while the file is still planned: the total so far is not the batch's total.
+    assert batch(planned_at=None, total_count=2, completed_count=2).progress == 0
+    assert batch(planned_at=None, status="cancelled", total_count=2, completed_count=1).progress == 50
 
 
 def test_timestamps_are_iso_and_errors_appear_when_failed() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from registry.batch_input import BatchRequest, LineError, recheck_line
 from registry.signatures import TensorSpec
@@ -37,7 +38,7 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
 
-    def __call__(self, requests: Sequence[BatchRequest]) -> list[LineResult]:
+    def __call__(self, requests: Sequence[BatchRequest], values: Any = None) -> list[LineResult]:
         self.calls.append([r.custom_id for r in requests])
         return [
             LineResult(code="invalid_request", message="negative")
@@ -102,7 +103,7 @@ def test_lines_that_cannot_share_a_call_go_alone() -> None:
 def test_output_that_is_not_json_fails_its_line() -> None:
     writer = PartWriter()
 
-    def nan(requests: Sequence[BatchRequest]) -> list[LineResult]:
+    def nan(requests: Sequence[BatchRequest], values: Any = None) -> list[LineResult]:
         return [
             LineResult([{"name": "label", "datatype": "FP32", "shape": [1], "data": [float("nan")]}])
         ] * len(requests)

@@ -111,3 +111,28 @@ def test_merge_keys_group_lines_that_can_share_a_call() -> None:
     assert merge_key(mismatched, None) is None  # one row of input, two of mask: not by rows
     assert merge_key([CheckedTensor("scalar", "FP32", (), [1.0])], None) is None
     assert rows(line(1, 2, 3, 4)) == 2
+
+
+def test_checked_values_build_the_same_merged_call_as_the_lines_lists() -> None:
+    """The arrays the chunk checked are sent as they are; the call is the one the lists make."""
+    from workers.batch_inference import _given, _merged
+
+    class Capture:
+        def __init__(self) -> None:
+            self.arrays: list[dict[str, Any]] = []
+
+        def infer_arrays(self, name: str, arrays: dict[str, Any], **_: Any) -> dict[str, Any]:
+            self.arrays.append(arrays)
+            total = next(iter(arrays.values()))[1].shape[0]
+            return {"label": ("INT64", np.zeros((total, 1), dtype=np.int64))}
+
+    data = [[0.1, 2.0, 1e-8, 3.4028234e38], [1, 2, 3, 4], [0.30000000000000004, -0.0, 5.5, 7.0]]
+    for rows_data in (data, [[1, 2, 3, 4], [5, 6, 7, 8]]):
+        lines = [[CheckedTensor("x", "FP32", (1, 4), row)] for row in rows_data]
+        values = [np.asarray(rows_data)]
+        plain, given = Capture(), Capture()
+        _merged(plain, MODEL, lines, None, 1.0, "")  # type: ignore[arg-type]
+        _merged(given, MODEL, lines, None, 1.0, "", values)  # type: ignore[arg-type]
+        a, b = plain.arrays[0]["x"][1], given.arrays[0]["x"][1]
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+    assert _given([np.asarray([[1, 2]])], 0, CheckedTensor("x", "FP32", (1, 2), [1, 2]), [1, 2]) is None

@@ -21,10 +21,13 @@ threads pool of GPU workers does not enforce them (the Triton timeout bounds a c
 
 from __future__ import annotations
 
+import gc
 import logging
 import uuid
+from typing import Any
 
 from celery import Task, shared_task
+from celery.signals import worker_init
 from sqlalchemy.exc import OperationalError
 
 from inferq.settings import gpu_of_queue
@@ -37,6 +40,21 @@ from workers.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 TRANSIENT = (StorageUnavailable, DatabaseUnavailable, OperationalError)
+
+# A chunk holds a micro-batch of parsed lines (thousands of lists and dicts) while it reads the
+# next: at the default threshold (700 allocations) the collector ran every few lines, and its older
+# generations walked the worker's whole heap each time: 45 % of a chunk's CPU, measured on the
+# chunk loop. Objects made at start are frozen (no longer walked) and the youngest generation
+# collected every GC_FIRST_THRESHOLD allocations: the same loop 32 -> 19 us a line.
+GC_FIRST_THRESHOLD = 10_000
+
+
+@worker_init.connect
+def _tune_gc(**_: Any) -> None:
+    # In the main process, before a prefork pool forks: its children inherit both.
+    gc.freeze()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(GC_FIRST_THRESHOLD, *thresholds[1:])
 
 
 # Planning and finalizing are acknowledged when received, not after they ran: they may run longer

@@ -36,6 +36,10 @@ from workers.storage import ObjectNotFound, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
+# Chunk parts read ahead, in threads, while the merged file is written: a part is one chunk's
+# lines (at most INFERQ_BATCH_CHUNK_MAX_BYTES of input's worth), so a few fit in memory.
+PARTS_READ_AHEAD = 4
+
 
 def result_file_id(batch_id: str, kind: str) -> str:
     """The id of a batch's output or error file: fixed, so that a finalize run twice writes one file."""
@@ -105,7 +109,9 @@ def finalize_batch(services: Services, batch_id: str) -> str:
     sizes: dict[str, int] = {}
 
     def merge(dest: str, keys: list[str]) -> int:
-        return services.store.concat(dest, keys, content_type="application/jsonl")
+        return services.store.concat(
+            dest, keys, content_type="application/jsonl", read_ahead=PARTS_READ_AHEAD
+        )
 
     for kind, keys in (("output", output_keys), ("error", error_keys)):
         if keys:

@@ -8,7 +8,10 @@ reads are consumed in pieces.
 
 from __future__ import annotations
 
+import itertools
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, BinaryIO
@@ -16,6 +19,8 @@ from urllib.parse import urlsplit
 
 # S3's smallest part (except the last); the memory an upload of unknown length holds is about two parts.
 MIN_PART_SIZE = 5 * 1024 * 1024
+# Parts of a concatenation uploading while the next is read (a batch's finalize merging its parts).
+CONCAT_PARALLEL_UPLOADS = 2
 READ_SIZE = 256 * 1024
 DELETE_BATCH = 1000
 NOT_FOUND_CODES = ("NoSuchKey", "NotFound", "ResourceNotFound")
@@ -132,11 +137,14 @@ class ObjectStore:
         stream: BinaryIO | Iterable[bytes],
         content_type: str = "application/octet-stream",
         part_size: int = MIN_PART_SIZE,
+        parallel: int = 1,
     ) -> int:
         """Upload an object of unknown length from a file-like object or an iterable of byte strings.
 
-        A multipart upload, one part (``part_size``, at least 5 MiB) in memory at
-        a time; a failed upload is aborted. Returns the number of bytes written.
+        A multipart upload, one part (``part_size``, at least 5 MiB) in memory at a time, or
+        with ``parallel`` > 1 that many parts uploading in threads while the next is read (at
+        most ``parallel + 1`` parts in memory); a failed upload is aborted. Returns the number
+        of bytes written.
         """
         reader = _CountingReader(stream)
         self._call(
@@ -147,7 +155,7 @@ class ObjectStore:
             -1,
             content_type=content_type,
             part_size=max(part_size, MIN_PART_SIZE),
-            num_parallel_uploads=1,
+            num_parallel_uploads=max(1, parallel),
         )
         return reader.count
 
@@ -256,23 +264,44 @@ class ObjectStore:
         source_keys: Iterable[str],
         content_type: str = "application/octet-stream",
         part_size: int = MIN_PART_SIZE,
+        read_ahead: int = 0,
     ) -> int:
         """Write the objects ``source_keys``, one after another, as the object ``dest_key``.
 
         Streamed through this process (no server-side compose, which rclone's S3
-        server does not offer and which needs 5 MiB parts): a source piece and an
-        upload part in memory at a time. Returns the bytes written.
+        server does not offer and which needs 5 MiB parts): the sources are read while
+        CONCAT_PARALLEL_UPLOADS parts upload, so reading and writing overlap (a source piece
+        and at most three 5 MiB parts in memory). With ``read_ahead``, that many sources are
+        read whole, in threads, ahead of the one being written: for many small sources (a
+        batch's chunk parts), whose reads are then no longer one round trip after another;
+        memory then holds ``read_ahead + 1`` sources too. Returns the bytes written.
         """
 
         def pieces() -> Generator[bytes, None, None]:
             for key in source_keys:
                 yield from self.iter_pieces(key)
 
-        stream = pieces()
+        def read_ahead_pieces() -> Generator[bytes, None, None]:
+            keys = iter(source_keys)
+            with ThreadPoolExecutor(read_ahead, thread_name_prefix="concat-read") as pool:
+                pending = deque(
+                    pool.submit(self._read_whole, key) for key in itertools.islice(keys, read_ahead)
+                )
+                while pending:
+                    data = pending.popleft().result()
+                    following = next(keys, None)
+                    if following is not None:
+                        pending.append(pool.submit(self._read_whole, following))
+                    yield data
+
+        stream = read_ahead_pieces() if read_ahead > 0 else pieces()
         try:
-            return self.put_stream(dest_key, stream, content_type, part_size)
+            return self.put_stream(dest_key, stream, content_type, part_size, CONCAT_PARALLEL_UPLOADS)
         finally:
             stream.close()  # a failed upload leaves a source response open otherwise
+
+    def _read_whole(self, key: str) -> bytes:
+        return b"".join(self.iter_pieces(key))
 
 
 def split_lines(

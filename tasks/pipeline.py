@@ -17,7 +17,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -213,6 +213,11 @@ class Dispatched:
     key: Hashable = None
 
 
+# A check the caller makes in the record round trip (the API's rate limit): it queues its commands on
+# the pipeline and returns how to read its verdict from the replies (the error to fail with, or None).
+Admit = Callable[[Any], Callable[[list[Any]], BaseException | None]]
+
+
 @dataclass(frozen=True)
 class Pending:
     """One checked request on its way to a GPU queue."""
@@ -223,6 +228,7 @@ class Pending:
     inputs: list[Tensor] | None  # None: stashed (``stash``, in the object store: ``tasks.payloads``)
     stash: bytes | None
     waiting: bool
+    admit: Admit | None = None
 
 
 def _size_bound(tensor: CheckedTensor) -> int:
@@ -231,7 +237,9 @@ def _size_bound(tensor: CheckedTensor) -> int:
     return len(tensor.data) * 24
 
 
-def prepare(request: CheckedRequest, tenant: str, waiting: bool, inline_max: int) -> Pending:
+def prepare(
+    request: CheckedRequest, tenant: str, waiting: bool, inline_max: int, admit: Admit | None = None
+) -> Pending:
     """A request's task id, and its inputs inline, or encoded to stash when they are too large to carry."""
     inputs: Any = [tensor.as_dict() for tensor in request.inputs]
     stash = None
@@ -241,7 +249,7 @@ def prepare(request: CheckedRequest, tenant: str, waiting: bool, inline_max: int
         encoded = json.dumps(inputs, separators=(",", ":")).encode()
         if len(encoded) > inline_max:
             inputs, stash = None, encoded
-    return Pending(uuid.uuid4().hex, tenant, request.id, inputs, stash, waiting)
+    return Pending(uuid.uuid4().hex, tenant, request.id, inputs, stash, waiting, admit)
 
 
 def is_batchable(model: ResolvedModel) -> bool:
@@ -275,13 +283,14 @@ def infer_message(model: ResolvedModel, outputs: list[str] | None, batch: Sequen
 
 def publish_requests(
     services: Services, app: Celery, model: ResolvedModel, outputs: list[str] | None, batch: Sequence[Pending]
-) -> list[PipelineError | None]:
+) -> list[BaseException | None]:
     """Record ``batch`` and read the GPUs' loads in one Redis round trip, route, then publish one message.
 
-    Returns, per request, the error it failed with (429 over its tenant's waiting cap,
-    503 when no GPU can take it, the broker will not, or its large inputs could not be stored),
-    or None once it is queued. Large inputs are stored after the cap check and before the publish:
-    a request refused costs no write, and one store failure fails only its own request.
+    Returns, per request, the error it failed with (what its ``admit`` check said, 429 over its
+    tenant's waiting cap, 503 when no GPU can take it, the broker will not, or its large inputs
+    could not be stored), or None once it is queued. Large inputs are stored after those checks
+    and before the publish: a request refused costs no write, and one store failure fails only
+    its own request.
     """
     settings = services.settings
     book = services.tasks
@@ -291,6 +300,7 @@ def publish_requests(
         return [no_gpu(exc)] * len(batch)  # nothing recorded yet
     try:
         with services.redis.pipeline(transaction=False) as pipe:
+            verdicts = [p.admit(pipe) if p.admit is not None else None for p in batch]
             waits = [
                 book.add_open(pipe, p.task_id, p.tenant, model.name, model.version, p.waiting) for p in batch
             ]
@@ -299,17 +309,21 @@ def publish_requests(
             replies = pipe.execute()
     except RedisError as exc:
         return [unavailable("cache", f"Redis cannot be reached: {exc}")] * len(batch)
+    refusals = [verdict(replies) if verdict is not None else None for verdict in verdicts]
     generation = registry_generation(replies)
     services.models.seen(generation)
     if model.reused_at is not None and model.reused_at != generation:
         for pending in batch:  # resolved from a registry that has changed since: nothing goes out
             book.forget(pending.task_id, pending.tenant if pending.waiting else None)
-        return [StaleModel()] * len(batch)
+        return [refused or StaleModel() for refused in refusals]
     cap = settings.sync_waiting_per_tenant
-    errors: list[PipelineError | None] = []
+    errors: list[BaseException | None] = []
     accepted: list[Pending] = []
-    for pending, at in zip(batch, waits, strict=True):
-        if book.over_cap(replies, at, cap):
+    for pending, at, refused in zip(batch, waits, refusals, strict=True):
+        if refused is not None:
+            book.forget(pending.task_id, pending.tenant if pending.waiting else None)
+            errors.append(refused)
+        elif book.over_cap(replies, at, cap):
             book.forget(pending.task_id, pending.tenant)
             errors.append(
                 PipelineError(
@@ -365,18 +379,25 @@ def no_gpu(exc: NoRoute) -> PipelineError:
 
 
 def dispatch(
-    services: Services, app: Celery, model: ResolvedModel, request: CheckedRequest, tenant: str, waiting: bool
+    services: Services,
+    app: Celery,
+    model: ResolvedModel,
+    request: CheckedRequest,
+    tenant: str,
+    waiting: bool,
+    admit: Admit | None = None,
 ) -> Dispatched:
     """Record the request and publish it to the least loaded GPU where ``model`` is ready.
 
     Requests for the same model and outputs that arrive while a publish is under way
     go out together in the next message (see ``tasks.coalesce``). ``waiting``: the caller
     will wait for the outcome, which counts against the tenant's cap (429 beyond it).
+    ``admit``: a check made in the record round trip (see :data:`Admit`).
     """
-    pending = prepare(request, tenant, waiting, services.settings.inline_payload_max)
+    pending = prepare(request, tenant, waiting, services.settings.inline_payload_max, admit)
     outputs = request.outputs
 
-    def flush(batch: Sequence[Pending]) -> list[PipelineError | None]:
+    def flush(batch: Sequence[Pending]) -> list[BaseException | None]:
         return publish_requests(services, app, model, outputs, batch)
 
     key = (model.id, tuple(outputs or ()))
@@ -429,16 +450,20 @@ def infer(
     version: str | None,
     body: Any,
     timeout: float,
+    admit: Admit | None = None,
 ) -> InferResult:
-    """The whole sync path: resolve, check, dispatch, wait up to ``timeout`` (0: do not wait)."""
+    """The whole sync path: resolve, check, dispatch, wait up to ``timeout`` (0: do not wait).
+
+    ``admit``: a check made in the record round trip (the API's rate limit); it is queued
+    once, also when the request is dispatched again after a registry change."""
     model = resolve_model(services, name, version, reuse=True)
     request = check_request(model, body)
     try:
-        dispatched = dispatch(services, app, model, request, tenant, waiting=timeout > 0)
+        dispatched = dispatch(services, app, model, request, tenant, timeout > 0, admit)
     except StaleModel:  # the registry changed since this process resolved the model: read it again
         model = resolve_model(services, name, version)
         request = check_request(model, body)
-        dispatched = dispatch(services, app, model, request, tenant, waiting=timeout > 0)
+        dispatched = dispatch(services, app, model, request, tenant, timeout > 0)
     if timeout <= 0:
         return InferResult(dispatched.task_id, model)
     outcome = wait(services, dispatched, timeout)

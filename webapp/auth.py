@@ -37,7 +37,53 @@ def authenticate_request() -> None:
             headers={"WWW-Authenticate": 'Bearer realm="inferq", error="invalid_token"'},
         )
     g.principal = principal
-    current_app.extensions["inferq.ratelimit"].check(principal)
+    view = current_app.view_functions.get(request.endpoint or "")
+    if not getattr(view, "counts_in_pipeline", False):
+        current_app.extensions["inferq.ratelimit"].check(principal)
+
+
+class PipelineHit:
+    """The rate-limit hit of a request that the sync pipeline counts in its record round trip
+    (``tasks.pipeline.Admit``), queued at most once."""
+
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
+        self.counted = False
+
+    def admit(self, pipe: Any) -> Callable[[list[Any]], BaseException | None]:
+        if self.counted:
+            return lambda replies: None
+        self.counted = True
+        verdict: Callable[[list[Any]], BaseException | None] = current_app.extensions[
+            "inferq.ratelimit"
+        ].add_hit(pipe, self.principal)
+        return verdict
+
+    def count_alone(self) -> None:
+        """A request that ended before the pipeline counted it: count it now (429 when over)."""
+        if not self.counted:
+            self.counted = True
+            current_app.extensions["inferq.ratelimit"].check(self.principal)
+
+
+def counts_in_pipeline(view: F) -> F:
+    """The rate limit of ``view`` (a sync inference) is counted in the pipeline's record round trip,
+    not in a round trip of its own before the view; a request refused earlier (bad body, unknown
+    model) is counted then, so every request counts, and one over the limit is a 429 as before."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        hit = g.pipeline_hit = PipelineHit(current_principal())
+        try:
+            response = view(*args, **kwargs)
+        except Exception:
+            hit.count_alone()  # raises the 429 instead when over the limit
+            raise
+        hit.count_alone()
+        return response
+
+    wrapper.counts_in_pipeline = True  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
 
 
 def current_principal() -> Principal:

@@ -6,12 +6,12 @@ import json
 import math
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, g, request
 
 from inferq.metrics import INFER_REQUESTS
 from tasks import pipeline
 from webapp import celery_app, parse_json_body, services
-from webapp.auth import current_principal
+from webapp.auth import counts_in_pipeline, current_principal
 from webapp.errors import ApiError
 from webapp.task_status import accepted
 
@@ -46,9 +46,17 @@ def prefers_async() -> bool:
 def counted_infer(name: str, version: str | None, body: Any, timeout: float) -> pipeline.InferResult:
     """``tasks.pipeline.infer`` for the caller's tenant, counted in ``inferq_infer_requests_total``
     by outcome (/v1 and /v2 alike; an unknown model's name is not a label value)."""
+    hit = g.get("pipeline_hit")
     try:
         result = pipeline.infer(
-            services(), celery_app(), current_principal().tenant, name, version, body, timeout
+            services(),
+            celery_app(),
+            current_principal().tenant,
+            name,
+            version,
+            body,
+            timeout,
+            admit=hit.admit if hit is not None else None,
         )
     except pipeline.PipelineError as exc:
         if exc.status < 500:
@@ -64,6 +72,7 @@ def counted_infer(name: str, version: str | None, body: Any, timeout: float) -> 
 
 @bp.post("/models/<name>/infer")
 @bp.post("/models/<name>/versions/<version>/infer")
+@counts_in_pipeline
 def infer(name: str, version: str | None = None) -> Any:
     """Run one inference; 200 with the outputs when done within the wait, else 202 + Location."""
     settings = services().settings

@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -26,6 +27,16 @@ from registry.apikeys import Principal
 from webapp.errors import ApiError
 
 log = logging.getLogger(__name__)
+
+
+def _admitted(replies: list[Any]) -> None:
+    return None
+
+
+def _windows(storage: Any) -> tuple[Callable[[str], str], Callable[[str], str]]:
+    """The previous and current window keys of the limits library's sliding-window counter (what
+    ``RedisStorage.acquire_sliding_window_entry`` passes its script; pinned in constraints.txt)."""
+    return storage._previous_window_key, storage._current_window_key
 
 
 @lru_cache(maxsize=256)
@@ -44,6 +55,7 @@ class KeyRateLimiter:
         storage = storage_from_string(
             redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, key_prefix="inferq:ratelimit"
         )
+        self._storage = storage
         self._limiter = SlidingWindowCounterRateLimiter(storage)
 
     def check(self, principal: Principal) -> None:
@@ -66,6 +78,35 @@ class KeyRateLimiter:
             RATE_LIMITER_FAILURES.inc()
             RATE_LIMITER_OPEN.inc()
             log.warning("rate limiter unavailable, open for %gs: %s", self.backoff, exc)
+
+    def add_hit(self, pipe: Any, principal: Principal) -> Callable[[list[Any]], ApiError | None]:
+        """Count the request on ``pipe`` (a pipeline of the same Redis) instead of in a round trip of
+        its own, for a caller that makes one anyway (the sync pipeline's record); returns how to
+        read the verdict from the pipeline's replies: the 429 to answer, or None.
+
+        The same window and keys as :meth:`check`: the limits library's own sliding-window script,
+        queued on ``pipe``. A limiter left open after a failure queues nothing."""
+        text = principal.rate_limit or self.default
+        if not text:
+            return _admitted
+        if time.monotonic() < self._skip_until:
+            RATE_LIMITER_OPEN.inc()
+            return _admitted
+        storage: Any = self._storage
+        queued: list[tuple[int, RateLimitItem]] = []
+        for rate in parse_rates(text):
+            key = rate.key_for(principal.key_id)
+            keys = [storage.prefixed_key(window(key)) for window in _windows(storage)]
+            queued.append((len(pipe.command_stack), rate))
+            storage.lua_acquire_sliding_window(keys, [rate.amount, rate.get_expiry(), 1], client=pipe)
+
+        def verdict(replies: list[Any]) -> ApiError | None:
+            for at, rate in queued:
+                if not replies[at]:
+                    return self._too_many(rate, principal.key_id)
+            return None
+
+        return verdict
 
     def _too_many(self, rate: RateLimitItem, key_id: str) -> ApiError:
         stats: Any = self._limiter.get_window_stats(rate, key_id)

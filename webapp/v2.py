@@ -22,7 +22,7 @@ from registry.catalog import model_by_version, serving_versions
 from tasks import pipeline
 from tasks.pipeline import PipelineError
 from webapp import services, v2_codec
-from webapp.auth import authenticate_request
+from webapp.auth import authenticate_request, counts_in_pipeline
 from webapp.bodies import read_body
 from webapp.infer import counted_infer
 
@@ -203,6 +203,7 @@ def model_config(name: str, version: str | None = None) -> Any:
 
 @api.post("/models/<name>/infer")
 @api.post("/models/<name>/versions/<version>/infer")
+@counts_in_pipeline
 def infer(name: str, version: str | None = None) -> Response:
     """One inference through the request pipeline, JSON or with binary tensors both ways.
 

@@ -38,6 +38,43 @@ def test_a_key_over_its_own_limit_gets_429(stack: Stack) -> None:
     assert stack.client().get("/v1/tasks/none", headers=stack.auth(other)).status_code == 404  # counted apart
 
 
+def test_sync_inference_counts_in_the_same_window_as_every_other_request(stack: Stack) -> None:
+    """Inference counts its hit in the pipeline's record round trip (/v1 and /v2), other routes
+    before the view, a request refused early (bad body, unknown model) on its own: one window."""
+    from tests.integration.test_infer import digits_rows, infer_body
+
+    key = new_key(stack, "6/minute")
+    body = infer_body(digits_rows(0, 1)[0])
+    client = stack.client()
+    statuses = [
+        client.post("/v1/models/digits/infer", json=body, headers=stack.auth(key)).status_code,
+        client.get("/v1/tasks/none", headers=stack.auth(key)).status_code,
+        client.post("/v2/models/digits/infer", json=body, headers=stack.auth(key)).status_code,
+        client.post("/v1/models/digits/infer", json={"inputs": 1}, headers=stack.auth(key)).status_code,
+        client.post("/v1/models/nope/infer", json=body, headers=stack.auth(key)).status_code,
+        client.post(
+            "/v1/models/digits/infer", json=body, headers={**stack.auth(key), "Prefer": "respond-async"}
+        ).status_code,
+    ]
+    assert statuses == [200, 404, 200, 400, 404, 202]
+    over = client.post("/v1/models/digits/infer", json=body, headers=stack.auth(key))
+    assert over.status_code == 429, over.get_data(as_text=True)
+    assert over.headers["X-RateLimit-Remaining"] == "0" and "6 per 1 minute" in over.get_json()["detail"]
+    assert (
+        client.post("/v1/models/digits/infer", json={"inputs": 1}, headers=stack.auth(key)).status_code == 429
+    )
+    v2 = client.post("/v2/models/digits/infer", json=body, headers=stack.auth(key))
+    assert v2.status_code == 429 and "error" in v2.get_json(), "Triton's error shape on /v2"
+    assert stack.services.redis.get("inferq:waiting:" + over_tenant(stack, key)) in (b"0", None)
+
+
+def over_tenant(stack: Stack, key: str) -> str:
+    with stack.services.db.session() as session:
+        row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+        assert row is not None
+        return str(row.tenant)
+
+
 def test_the_platform_default_applies_to_keys_without_their_own(stack: Stack) -> None:
     from webapp import create_app
 

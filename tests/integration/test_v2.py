@@ -239,7 +239,7 @@ def test_bad_shapes_and_bodies_400(
 def test_not_done_in_time_is_504_naming_the_task(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[float] = []
 
-    def slow(*args: Any) -> pipeline.InferResult:
+    def slow(*args: Any, **_: Any) -> pipeline.InferResult:
         seen.append(args[-1])
         return pipeline.InferResult("task-1", pipeline.resolve_model(stack.services, "digits", None))
 

@@ -112,7 +112,7 @@ def api_argv(settings: Settings) -> list[str]:
         "10",
         "--access-logfile",
         "-",
-        "webapp:create_app()",
+        "webapp:serve()",
     ]
 
 

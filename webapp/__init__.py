@@ -14,6 +14,16 @@ from tasks.runtime import Services
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+def serve() -> Flask:
+    """The app gunicorn serves (``inferq api``): :func:`create_app` from the environment, with the
+    garbage collector tuned for a long-lived server (``inferq.services.tune_gc``)."""
+    from inferq.services import tune_gc
+
+    app = create_app()
+    tune_gc()
+    return app
+
+
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     """Build the API for ``settings`` (the environment by default). Connects to nothing yet."""
     from registry.apikeys import KeyCache

@@ -4,6 +4,7 @@ Run against a running stack (``inferq up``); loopback only, bounded by ``--deadl
 
     .venv/bin/python bench/batch_compare.py --key "$(cat ~/.local/share/inferq/dev-api-key)"
 
+0. With ``--warmup N``, one untimed batch of N lines through each path first.
 1. Compare (``--compare-lines``, 100,000 by default, ``--rounds`` times, the two paths
    alternating which goes first): the same JSONL of real digits rows (one row a line,
    input ``input`` FP32 [1, 64]) through
@@ -518,6 +519,13 @@ def main() -> int:
     )
     parser.add_argument("--scaling", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     parser.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="lines of one untimed inferq batch and one script run first (a stack just started "
+        "pays its first batch's start-up: Triton's first calls on each GPU, connection pools)",
+    )
+    parser.add_argument(
         "--stack-logs", type=Path, help="the stack's log folder (worker-*.log): task durations"
     )
     parser.add_argument(
@@ -587,6 +595,15 @@ def main() -> int:
     code = 0
     try:
         requests.get(f"{args.url.rstrip('/')}/readyz", timeout=10).raise_for_status()
+        if args.warmup:
+            warm = input_file(args.warmup)
+            warm_runs: list[Callable[[Path, int], dict[str, Any]]] = [
+                bench.run_script,
+                partial(bench.run_inferq, sample=False),
+            ]
+            for warm_run in warm_runs:
+                Path(warm_run(warm, args.warmup)["output"]).unlink(missing_ok=True)
+            print(f"warmed up with {args.warmup} lines", file=sys.stderr, flush=True)
         for round_index in range(args.rounds if args.compare_lines else 0):
             path, lines = input_file(args.compare_lines), args.compare_lines
             order: list[Callable[[], dict[str, Any]]] = [

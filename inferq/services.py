@@ -15,6 +15,7 @@ import redis
 RedisError = redis.RedisError
 Redis = redis.Redis
 ResponseError = redis.ResponseError
+NoScriptError = redis.exceptions.NoScriptError
 
 
 def redis_client(url: str, timeout: float, connect_timeout: float | None = None, **options: Any) -> Redis:

@@ -215,6 +215,7 @@ class Dispatched:
 
 # A check the caller makes in the record round trip (the API's rate limit): it queues its commands on
 # the pipeline and returns how to read its verdict from the replies (the error to fail with, or None).
+# Replies come with errors in place: the verdict resolves its own (writing the value in their place).
 Admit = Callable[[Any], Callable[[list[Any]], BaseException | None]]
 
 
@@ -306,10 +307,15 @@ def publish_requests(
             ]
             parse_loads = services.gpus.add_loads(pipe, gpus, model.id)
             registry_generation = services.cache.add_generation(pipe)
-            replies = pipe.execute()
+            replies = pipe.execute(raise_on_error=False)  # an admit check reads its own errors
     except RedisError as exc:
         return [unavailable("cache", f"Redis cannot be reached: {exc}")] * len(batch)
     refusals = [verdict(replies) if verdict is not None else None for verdict in verdicts]
+    failed = next((reply for reply in replies if isinstance(reply, Exception)), None)
+    if failed is not None:
+        for pending in batch:
+            book.forget(pending.task_id, pending.tenant if pending.waiting else None)
+        return [unavailable("cache", f"Redis refused a command: {failed}")] * len(batch)
     generation = registry_generation(replies)
     services.models.seen(generation)
     if model.reused_at is not None and model.reused_at != generation:

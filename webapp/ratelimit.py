@@ -23,6 +23,7 @@ from limits.storage import storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from inferq.metrics import RATE_LIMITER_FAILURES, RATE_LIMITER_OPEN
+from inferq.services import NoScriptError
 from registry.apikeys import Principal
 from webapp.errors import ApiError
 
@@ -93,20 +94,43 @@ class KeyRateLimiter:
             RATE_LIMITER_OPEN.inc()
             return _admitted
         storage: Any = self._storage
-        queued: list[tuple[int, RateLimitItem]] = []
+        script = storage.lua_acquire_sliding_window
+        queued: list[tuple[int, RateLimitItem, list[Any]]] = []
         for rate in parse_rates(text):
             key = rate.key_for(principal.key_id)
             keys = [storage.prefixed_key(window(key)) for window in _windows(storage)]
-            queued.append((len(pipe.command_stack), rate))
-            storage.lua_acquire_sliding_window(keys, [rate.amount, rate.get_expiry(), 1], client=pipe)
+            args = [*keys, rate.amount, rate.get_expiry(), 1]
+            queued.append((len(pipe.command_stack), rate, args))
+            # EVALSHA queued as is: a redis-py Script on a pipeline asks SCRIPT EXISTS first, a
+            # round trip more. The replies are read with errors in place (``raise_on_error=False``).
+            pipe.evalsha(script.sha, len(keys), *args)
 
         def verdict(replies: list[Any]) -> ApiError | None:
-            for at, rate in queued:
-                if not replies[at]:
-                    return self._too_many(rate, principal.key_id)
-            return None
+            refused = None
+            for at, rate, args in queued:
+                reply = replies[at]
+                if isinstance(reply, Exception):
+                    reply = replies[at] = self._again(script, args, reply)
+                if not reply and refused is None:
+                    refused = self._too_many(rate, principal.key_id)
+            return refused
 
         return verdict
+
+    def _again(self, script: Any, args: list[Any], error: Exception) -> Any:
+        """A pipelined hit that failed: Redis lost its scripts (restart, SCRIPT FLUSH), so run it
+        alone (the script loads itself); any other failure lets the request through, as :meth:`check`."""
+        try:
+            if not isinstance(error, NoScriptError):
+                raise error
+            return script(args[:2], args[2:])
+        except Exception as exc:  # noqa: BLE001 - any storage failure: let the request through
+            with self._lock:
+                self._skip_until = time.monotonic() + self.backoff
+            RATE_LIMITER_FAILURES.inc()
+            RATE_LIMITER_OPEN.inc()
+            log.warning("rate limiter unavailable, open for %gs: %s", self.backoff, exc)
+            return True
 
     def _too_many(self, rate: RateLimitItem, key_id: str) -> ApiError:
         stats: Any = self._limiter.get_window_stats(rate, key_id)

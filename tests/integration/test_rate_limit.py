@@ -68,6 +68,21 @@ def test_sync_inference_counts_in_the_same_window_as_every_other_request(stack: 
     assert stack.services.redis.get("inferq:waiting:" + over_tenant(stack, key)) in (b"0", None)
 
 
+def test_inference_is_counted_after_redis_lost_its_scripts(stack: Stack) -> None:
+    """The pipelined hit sends the script by its hash; a Redis that lost its scripts (a restart, SCRIPT
+    FLUSH) gets it loaded again and the request counted, not let through uncounted or failed."""
+    from tests.integration.test_infer import digits_rows, infer_body
+
+    key = new_key(stack, "2/minute")
+    body = infer_body(digits_rows(0, 1)[0])
+    stack.services.redis.script_flush()
+    statuses = [
+        stack.client().post("/v1/models/digits/infer", json=body, headers=stack.auth(key)).status_code
+        for _ in range(3)
+    ]
+    assert statuses == [200, 200, 429]
+
+
 def over_tenant(stack: Stack, key: str) -> str:
     with stack.services.db.session() as session:
         row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))

@@ -81,7 +81,8 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         "task_routes": {pattern: {"queue": CONTROL_QUEUE} for pattern in CONTROL_TASKS},
         "task_serializer": "json",
         "result_serializer": "json",
-        "accept_content": ["json"],
+        # Task messages are JSON written by orjson (tasks.codec) under their own content type.
+        "accept_content": ["json", "application/x-inferq-json"],
         # Acknowledge after the task ran, and give the message back if the worker
         # process dies, so a crash loses nothing.
         "task_acks_late": True,

@@ -24,9 +24,10 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     from celery import Celery
 
     import celeryconfig
-    from tasks import events
+    from tasks import codec, events
 
     settings = settings or load_settings()
+    codec.install()
     app = Celery("inferq", set_as_current=False)
     app.conf.update(celeryconfig.celery_settings(settings))
     app.conf.include = list(TASK_MODULES)

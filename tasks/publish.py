@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+from tasks.codec import SERIALIZER
 from tasks.errors import unavailable
 
 # Publishing gives up fast: a request must not hang on a broker that is down.
@@ -75,6 +76,7 @@ def publish(
             expires=expires,
             retries=retries,
             countdown=countdown,
+            serializer=SERIALIZER,
         )
     except OperationalError as exc:
         raise unavailable("broker", f"the task could not be queued: {exc}") from None

@@ -28,6 +28,7 @@ def test_a_message_reads_back_as_the_json_module_would() -> None:
 def test_what_orjson_refuses_goes_through_the_json_module() -> None:
     odd = {"text": "\ud800 lone surrogate", "big": 2**70, "tuple": (1, 2)}
     assert codec.loads(codec.dumps(odd)) == {"text": "\ud800 lone surrogate", "big": 2**70, "tuple": [1, 2]}
+    assert codec.loads(codec.dumps({"big": -(2**64)})) == {"big": -(2**64)}, "an int, not a float"
     assert codec.loads('{"n": NaN}')["n"] != codec.loads('{"n": NaN}')["n"]  # NaN, read as json reads it
 
 

@@ -6,7 +6,6 @@ Every check runs before the body is parsed, so no body costs more than reading i
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -15,6 +14,7 @@ from flask import Request
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from registry.signatures import Problem
+from tasks import codec
 from webapp.errors import ApiError
 
 MAX_JSON_DEPTH = 32  # an inference body needs ~4 + the rank of its tensors
@@ -164,7 +164,7 @@ def parse_json(
             errors=[Problem("/", f"nested deeper than {max_depth} levels")],
         )
     try:
-        return json.loads(raw)
+        return codec.loads(raw)  # orjson where it reads the text as the json module does
     except RecursionError:  # cannot happen below max_depth; kept as a guard
         raise malformed("the request body nests too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:

@@ -21,7 +21,6 @@ threads pool of GPU workers does not enforce them (the Triton timeout bounds a c
 
 from __future__ import annotations
 
-import gc
 import logging
 import uuid
 from typing import Any
@@ -30,6 +29,7 @@ from celery import Task, shared_task
 from celery.signals import worker_init
 from sqlalchemy.exc import OperationalError
 
+from inferq.services import tune_gc
 from inferq.settings import gpu_of_queue
 from registry.db import DatabaseUnavailable
 from tasks import batch_chunks, batch_finalize, batch_planning, batch_recovery, batches
@@ -44,17 +44,14 @@ TRANSIENT = (StorageUnavailable, DatabaseUnavailable, OperationalError)
 # A chunk holds a micro-batch of parsed lines (thousands of lists and dicts) while it reads the
 # next: at the default threshold (700 allocations) the collector ran every few lines, and its older
 # generations walked the worker's whole heap each time: 45 % of a chunk's CPU, measured on the
-# chunk loop. Objects made at start are frozen (no longer walked) and the youngest generation
-# collected every GC_FIRST_THRESHOLD allocations: the same loop 32 -> 19 us a line.
-GC_FIRST_THRESHOLD = 10_000
+# chunk loop (32 -> 19 us a line with inferq.services.tune_gc).
 
 
 @worker_init.connect
 def _tune_gc(**_: Any) -> None:
-    # In the main process, before a prefork pool forks: its children inherit both.
-    gc.freeze()
-    thresholds = gc.get_threshold()
-    gc.set_threshold(GC_FIRST_THRESHOLD, *thresholds[1:])
+    # In the main process, before a prefork pool forks: its children inherit the frozen objects
+    # and the threshold.
+    tune_gc()
 
 
 # Planning and finalizing are acknowledged when received, not after they ran: they may run longer

@@ -197,8 +197,8 @@ class Planner:
                 return True, last
 
         marked, last = db_retrying(mark)
-        if not marked:
-            return "planned elsewhere"
+        if not marked:  # cancelled or failed meanwhile, or another planner ended it first
+            return "stopped"
         if last:
             queue_finalize(self.dispatch, self.batch_id)
         log.info("batch %s: %s requests, %s chunks recorded here", self.batch_id, scan.total, scan.recorded)

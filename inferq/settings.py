@@ -114,7 +114,7 @@ class Settings:
     max_file_bytes: int = 1024**3  # largest upload to POST /v1/files; beyond: 413
     batch_max_requests: int = 5_000_000  # request lines of one batch, at most (the planner's memory)
     batch_max_line_bytes: int = 4 * 1024 * 1024  # one input line, at most; longer: line_too_long
-    batch_chunk_lines: int = 1000  # lines of a chunk (one GPU task), at most
+    batch_chunk_lines: int = 2000  # lines of a chunk (one GPU task), at most
     batch_chunk_max_bytes: int = 4 * 1024 * 1024  # bytes of a chunk, at most (also <= a tenth of the file)
     batch_micro_batch: int = 1024  # rows sent to Triton in one call
     batch_triton_retry_seconds: float = 30.0  # a chunk retries an unreachable Triton this long per attempt

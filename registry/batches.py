@@ -64,8 +64,9 @@ COUNTING_STATUSES = ("in_progress", "finalizing", "cancelling")
 # Chunks are sent only for a batch whose chunks are (being) recorded and that is not cancelled.
 SENDING_STATUSES = ("queued", "in_progress")
 # A planner may record chunks while the batch is in one of these and ``planned_at`` is not set:
-# chunks run while the rest of the file is planned.
-PLANNING_STATUSES = ("validating", "queued", "in_progress")
+# chunks run while the rest of the file is planned. A batch cancelled meanwhile is planned to the
+# end too, its remaining chunks recorded as cancelled: every line ends in one of its files.
+PLANNING_STATUSES = ("validating", "queued", "in_progress", "cancelling")
 
 # Status -> the statuses a batch may reach it from.
 TRANSITIONS: dict[str, tuple[str, ...]] = {
@@ -399,9 +400,10 @@ def mark_queued(session: Session, batch_id: str, total: int) -> bool:
     return _transition(session, batch_id, "queued", total_count=total, planned_at=utcnow())
 
 
-def claim_planning(session: Session, batch_id: str) -> bool:
-    """Whether the batch is still being planned (validating, queued or in progress, ``planned_at``
-    not set); if so its row is now locked until the transaction ends.
+def claim_planning(session: Session, batch_id: str) -> str | None:
+    """The batch's status if it is still being planned (validating, queued, in progress or
+    cancelling, ``planned_at`` not set), else None; if so its row is now locked until the
+    transaction ends.
 
     A write, so that it takes the lock on SQLite too (reads there take none): two planners
     recording chunks, or a planner and a cancel, go one after the other.
@@ -412,7 +414,10 @@ def claim_planning(session: Session, batch_id: str) -> bool:
         .values(status=Batch.status)
         .execution_options(synchronize_session=False)
     )
-    return _rowcount(result) == 1
+    if _rowcount(result) != 1:
+        return None
+    status: str | None = session.scalar(select(Batch.status).where(Batch.id == batch_id))
+    return status
 
 
 @dataclass(frozen=True)
@@ -438,6 +443,7 @@ def record_planned_chunks(
     *,
     duplicates: Mapping[int, Sequence[int]],
     sends: Mapping[int, tuple[str, str]],
+    cancelled: bool = False,
 ) -> list[ChunkSpec] | None:
     """Record chunks as planning finds them (after :func:`claim_planning`, same transaction): those
     not yet recorded are inserted as sent, their lines added to ``total_count``, and a batch still
@@ -447,6 +453,8 @@ def record_planned_chunks(
 
     Chunk boundaries are deterministic for a file and settings, so a planner run again after a
     crash, or racing another, skips the chunks already recorded instead of making them twice.
+    ``cancelled``: the batch was cancelled while planned; the chunks are recorded ``cancelled``
+    (never sent), and finalize writes their lines as cancelled.
     """
     so_far = planned_so_far(session, batch_id)
     new = [spec for spec in specs if spec.index >= so_far.next_index]
@@ -454,7 +462,9 @@ def record_planned_chunks(
         return None
     if not new:
         return []
-    add_chunks(session, batch_id, new, duplicates=duplicates, sends=sends)
+    add_chunks(
+        session, batch_id, new, duplicates=duplicates, sends=None if cancelled else sends, cancelled=cancelled
+    )
     session.execute(
         update(Batch)
         .where(Batch.id == batch_id)
@@ -580,6 +590,7 @@ def add_chunks(
     *,
     duplicates: Mapping[int, Sequence[int]] | None = None,
     sends: Mapping[int, tuple[str, str]] | None = None,
+    cancelled: bool = False,
 ) -> int:
     """Record the planned chunks of a batch (status ``pending``); returns how many.
 
@@ -588,7 +599,7 @@ def add_chunks(
     records the lines of a chunk whose custom_id an earlier line has. ``sends``
     (chunk index -> (queue, task id)) records chunks as sent at once (status
     ``queued``, one attempt), as :func:`mark_chunk_sent` would, in the same insert:
-    commit, then send the tasks.
+    commit, then send the tasks. ``cancelled``: recorded ``cancelled``, never to be sent.
     """
     count = 0
     rows: list[dict[str, Any]] = []
@@ -605,7 +616,7 @@ def add_chunks(
                 "end_byte": spec.end,
                 "first_line": spec.first_line,
                 "line_count": spec.line_count,
-                "status": "pending" if send is None else "queued",
+                "status": "cancelled" if cancelled else "pending" if send is None else "queued",
                 "queue": None if send is None else send[0],
                 "task_id": None if send is None else send[1],
                 "sent_at": None if send is None else now,

@@ -94,6 +94,9 @@ def finalize_batch(services: Services, batch_id: str) -> str:
         if batch is None:
             return "missing"
         status, tenant = batch.status, batch.tenant
+        planning = batch.planned_at is None
+    if status == "cancelling" and planning:
+        return "planning"  # cancelled while planned: the planner queues finalize when it ends
     if status == "cancelling":
         if not settle_cancelled(services, batch):
             return "failed"

@@ -154,12 +154,17 @@ class Planner:
         gpus = assign_gpus(self.services, self.candidates, len(group))
         sends = {chunk.index: (gpu_queue(gpu), new_task_id()) for chunk, gpu in zip(group, gpus, strict=True)}
 
+        cancelled = False
+
         def insert() -> list[ChunkSpec] | None:
+            nonlocal cancelled
             with transaction(self.services) as session:
-                if not registry.claim_planning(session, self.batch_id):
+                status = registry.claim_planning(session, self.batch_id)
+                if status is None:
                     return None
+                cancelled = status == "cancelling"  # recorded cancelled, never sent
                 recorded = registry.record_planned_chunks(
-                    session, self.batch_id, group, duplicates=duplicates, sends=sends
+                    session, self.batch_id, group, duplicates=duplicates, sends=sends, cancelled=cancelled
                 )
                 if recorded is None:
                     session.rollback()
@@ -169,6 +174,8 @@ class Planner:
         if recorded is None:
             raise PlanStopped
         self.scan.recorded += len(recorded)
+        if cancelled:
+            return
         for sent, chunk in enumerate(recorded):
             queue, task_id = sends[chunk.index]
             try:
@@ -186,9 +193,12 @@ class Planner:
 
         def mark() -> tuple[bool, bool]:
             with transaction(self.services) as session:
-                if not registry.claim_planning(session, self.batch_id):
+                status = registry.claim_planning(session, self.batch_id)
+                if status is None:
                     return False, False
                 last = registry.mark_planned(session, self.batch_id, scan.total)
+                # A batch cancelled while planned waits for this end to be finalized.
+                last = last or status == "cancelling"
                 batch = registry.batch_by_id(session, self.batch_id)
                 if batch is not None and batch.input_file_id:
                     input_file = file_by_id(session, batch.input_file_id)

@@ -497,7 +497,11 @@ def test_chunks_that_finish_before_planning_ends_still_complete_the_batch(
     check_partition(stack, done, expected)
 
 
-def test_cancel_during_planning_stops_it(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cancel_during_planning_sends_nothing_more_and_every_line_ends_cancelled(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel while the file is planned: no chunk is sent after it, and the planner still reads to
+    the end, recording the remaining chunks as cancelled, so every line is in the error file."""
     from tasks import batch_finalize, batch_planning, batches
 
     monkeypatch.setattr(batch_planning, "PLAN_GROUP_CHUNKS", 1)
@@ -513,19 +517,28 @@ def test_cancel_during_planning_stops_it(stack: Stack, monkeypatch: pytest.Monke
     batch, _ = batches.create(
         stack.services, dispatch, "acme", {"model": "digits", "input_file_id": file["id"]}
     )
+    # The cancel queued finalize; it waits while the batch is planned.
+    assert batch_finalize.finalize_batch(stack.services, batch["id"]) == "nothing to do: validating"
     outcome = batch_planning.plan_batch(
         stack.services, recording_dispatch(sent, cancel_at_the_third_chunk), batch["id"]
     )
-    assert outcome == "stopped"
-    assert chunk_indexes(sent) == [0, 1, 2], "no chunk recorded or sent after the cancel"
-    assert [c.index for c in recorded_chunks(stack, batch["id"])] == [0, 1, 2]
+    assert outcome == "queued"
+    assert chunk_indexes(sent) == [0, 1, 2], "no chunk sent after the cancel"
+    chunks = recorded_chunks(stack, batch["id"])
+    assert (
+        len(chunks) > 3
+        and all(c.status == "cancelled" for c in chunks[3:])
+        and not any(c.sent_at for c in chunks[3:])
+    )
+    assert [name for name, _, _ in sent].count(batches.FINALIZE_TASK) >= 1, "the planner queued finalize"
     assert batch_finalize.finalize_batch(stack.services, batch["id"]) == "cancelled"
     done = get_batch(stack, batch["id"])
     counts = done["request_counts"]
-    assert done["status"] == "cancelled" and 0 < counts["total"] < expected.total
+    assert done["status"] == "cancelled" and counts["total"] == expected.total
     assert counts["failed"] == counts["total"] and counts["completed"] == 0
     errors = download(stack, done["error_file_id"])
-    assert len(errors) == counts["total"] and {e["error"]["code"] for e in errors} == {"cancelled"}
+    assert sorted(e["custom_id"] for e in errors) == sorted(expected.rows)
+    assert {e["error"]["code"] for e in errors} == {"cancelled"}
     assert batch_planning.plan_batch(stack.services, dispatch, batch["id"]) == "not planning"
 
 

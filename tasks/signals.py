@@ -108,7 +108,8 @@ def _background() -> ThreadPoolExecutor:
     """This process's thread for writes that overlap an attempt (made after a fork, not before)."""
     global _executor
     if _executor is None or _executor[0] != os.getpid():
-        _executor = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="inferq-started"))
+        # A few threads: with a stalled Redis (1 s timeouts) one would queue every attempt's write.
+        _executor = (os.getpid(), ThreadPoolExecutor(max_workers=4, thread_name_prefix="inferq-started"))
     return _executor[1]
 
 

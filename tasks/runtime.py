@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from registry.db import Database
     from tasks.bookkeeping import TaskBook
     from tasks.coalesce import Coalescer
-    from tasks.pipeline import ResolvedModels
+    from tasks.resolved import ResolvedModels
     from workers.gpu_state import GpuStates
     from workers.storage import ObjectStore
     from workers.triton import TritonEndpoint
@@ -75,7 +75,7 @@ class Services:
     @cached_property
     def models(self) -> ResolvedModels:
         """Models this process resolved, reused by sync requests while the registry is unchanged."""
-        from tasks.pipeline import ResolvedModels
+        from tasks.resolved import ResolvedModels
 
         return ResolvedModels()
 

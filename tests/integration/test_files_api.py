@@ -151,7 +151,7 @@ def test_over_the_size_limit_is_413_with_or_without_content_length(
 
 
 def test_a_file_a_running_batch_reads_cannot_be_deleted(stack: Stack) -> None:
-    from tasks import batch_finalize, batches
+    from tasks import batch_finalize, batch_planning, batches
 
     dispatch = batches.Dispatch(lambda *_: None, lambda ids: None)  # nothing runs: it stays validating
     file = upload(stack, make_input(3, prefix="in-use").data)
@@ -162,7 +162,11 @@ def test_a_file_a_running_batch_reads_cannot_be_deleted(stack: Stack) -> None:
     response = client.delete(f"/v1/files/{file['id']}", headers=auth)
     assert response.status_code == 409 and batch["id"] in response.get_json()["detail"]
     batches.cancel(stack.services, dispatch, "acme", batch["id"])
+    # The plan task (queued at creation) runs after the cancel: every line is recorded cancelled.
+    assert batch_finalize.finalize_batch(stack.services, batch["id"]) == "planning"
+    assert batch_planning.plan_batch(stack.services, dispatch, batch["id"]) == "queued"
     assert batch_finalize.finalize_batch(stack.services, batch["id"]) == "cancelled"
     cancelled = client.get(f"/v1/batches/{batch['id']}", headers=auth).get_json()
-    assert cancelled["status"] == "cancelled" and cancelled["request_counts"]["total"] == 0
+    counts = cancelled["request_counts"]
+    assert cancelled["status"] == "cancelled" and counts["total"] == counts["failed"] == 3
     assert client.delete(f"/v1/files/{file['id']}", headers=auth).status_code == 200

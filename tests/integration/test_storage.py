@@ -138,8 +138,9 @@ def test_concat_streams_sources_into_one_object(store: ObjectStore, big_object: 
     sources = [big_object, "part-a", "part-empty", big_object]
     written, peak = peak_memory(lambda: store.concat("joined", sources, "application/jsonl"))
     assert written == 2 * BIG + 6 == store.stat("joined")
-    # Parts uploading while the next is read: a few parts in memory, whatever the sizes.
-    assert peak < (CONCAT_PARALLEL_UPLOADS + 3) * MIN_PART_SIZE, f"peak {peak / MiB:.1f} MiB"
+    # Parts uploading while the next is read: a few parts in memory, whatever the sizes (80 MiB
+    # here): the parts uploading, the part being read and its joined copy, the transport's buffers.
+    assert peak < (CONCAT_PARALLEL_UPLOADS + 4) * MIN_PART_SIZE, f"peak {peak / MiB:.1f} MiB"
 
     def expected() -> Iterator[bytes]:
         yield from numbered_lines(BIG)

@@ -227,7 +227,8 @@ def plan_batch(services: Services, dispatch: Dispatch, batch_id: str) -> str:
 
     Safe to run again after a crash midway, and twice at once: chunk boundaries are the same
     on each run, and a chunk already recorded is neither recorded nor sent again (each group is
-    recorded under the batch row's lock). A cancel or a failure stops planning at its next group.
+    recorded under the batch row's lock). A failure stops planning at its next group; after a
+    cancel nothing more is sent, and the rest of the file is recorded as cancelled chunks.
     Finalize waits for ``planned_at``; if every chunk finished before, the planner queues it.
     """
     with transaction(services) as session:

@@ -271,8 +271,9 @@ class ObjectStore:
         Streamed through this process (no server-side compose, which rclone's S3
         server does not offer and which needs 5 MiB parts): the sources are read while
         CONCAT_PARALLEL_UPLOADS parts upload, so reading and writing overlap (a source piece
-        and at most three 5 MiB parts in memory). With ``read_ahead``, that many sources are
-        read whole, in threads, ahead of the one being written: for many small sources (a
+        and a few 5 MiB parts in memory: those uploading, the one read and its joined copy).
+        With ``read_ahead``, that many sources are read whole, in threads, ahead of the one
+        being written: for many small sources (a
         batch's chunk parts), whose reads are then no longer one round trip after another;
         memory then holds ``read_ahead + 1`` sources too. Returns the bytes written.
         """

@@ -408,15 +408,13 @@ def claim_planning(session: Session, batch_id: str) -> str | None:
     A write, so that it takes the lock on SQLite too (reads there take none): two planners
     recording chunks, or a planner and a cancel, go one after the other.
     """
-    result = session.execute(
+    status: str | None = session.scalar(
         update(Batch)
         .where(Batch.id == batch_id, Batch.status.in_(PLANNING_STATUSES), Batch.planned_at.is_(None))
         .values(status=Batch.status)
+        .returning(Batch.status)
         .execution_options(synchronize_session=False)
     )
-    if _rowcount(result) != 1:
-        return None
-    status: str | None = session.scalar(select(Batch.status).where(Batch.id == batch_id))
     return status
 
 

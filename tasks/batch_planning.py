@@ -57,7 +57,7 @@ class TooManyRequests(Exception):
 
 
 class PlanStopped(Exception):
-    """The batch is no longer being planned by this planner (cancelled, failed, planned elsewhere)."""
+    """The batch is no longer being planned by this planner (failed, or planned elsewhere)."""
 
 
 @dataclass
@@ -149,8 +149,9 @@ class Planner:
             return registry.planned_so_far(session, self.batch_id)
 
     def record(self, group: list[ChunkSpec], duplicates: dict[int, list[int]]) -> None:
-        """Record a group of chunks as sent, then send them; PlanStopped when the batch is no longer
-        being planned (cancelled, failed, or another planner recorded other chunks here)."""
+        """Record a group of chunks as sent, then send them (a batch cancelled meanwhile: recorded as
+        cancelled, not sent); PlanStopped when the batch is no longer being planned (failed, or
+        another planner recorded other chunks here)."""
         gpus = assign_gpus(self.services, self.candidates, len(group))
         sends = {chunk.index: (gpu_queue(gpu), new_task_id()) for chunk, gpu in zip(group, gpus, strict=True)}
 
@@ -207,7 +208,7 @@ class Planner:
                 return True, last
 
         marked, last = db_retrying(mark)
-        if not marked:  # cancelled or failed meanwhile, or another planner ended it first
+        if not marked:  # failed meanwhile, or another planner ended it first
             return "stopped"
         if last:
             queue_finalize(self.dispatch, self.batch_id)

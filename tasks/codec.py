@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from kombu.serialization import register
 
-from registry.batch_input import has_long_digits
+from inferq import jsonio
 
 SERIALIZER = "inferq-json"
 CONTENT_TYPE = "application/x-inferq-json"
@@ -31,13 +31,7 @@ def dumps(value: Any) -> bytes:
 
 
 def loads(raw: bytes | str) -> Any:
-    data = raw.encode() if isinstance(raw, str) else raw
-    if not has_long_digits(data):  # orjson reads integers beyond 64 bits as floats
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(data)
+    return jsonio.loads(raw)
 
 
 def install() -> None:

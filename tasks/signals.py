@@ -35,7 +35,7 @@ from workers.inference import InferRequest
 from workers.liveness import start_announcing, stop_announcing
 
 log = logging.getLogger(__name__)
-STARTED_WAIT = 6.0  # seconds the end of an attempt waits for its start's write (socket timeout 5 s)
+STARTED_WAIT = 6.0  # seconds the end of an attempt waits for its start's write (1 s timeouts)
 
 
 def _queue(task: Task) -> str:

@@ -75,12 +75,9 @@ def counts_in_pipeline(view: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         hit = g.pipeline_hit = PipelineHit(current_principal())
         try:
-            response = view(*args, **kwargs)
-        except Exception:
-            hit.count_alone()  # raises the 429 instead when over the limit
-            raise
-        hit.count_alone()
-        return response
+            return view(*args, **kwargs)
+        finally:
+            hit.count_alone()  # when not counted yet; over the limit, its 429 is the answer
 
     wrapper.counts_in_pipeline = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]

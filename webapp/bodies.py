@@ -13,8 +13,8 @@ import numpy as np
 from flask import Request
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
+from inferq import jsonio
 from registry.signatures import Problem
-from tasks import codec
 from webapp.errors import ApiError
 
 MAX_JSON_DEPTH = 32  # an inference body needs ~4 + the rank of its tensors
@@ -164,7 +164,7 @@ def parse_json(
             errors=[Problem("/", f"nested deeper than {max_depth} levels")],
         )
     try:
-        return codec.loads(raw)  # orjson where it reads the text as the json module does
+        return jsonio.loads(raw)  # orjson where it reads the text as the json module does
     except RecursionError:  # cannot happen below max_depth; kept as a guard
         raise malformed("the request body nests too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:

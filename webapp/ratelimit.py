@@ -74,11 +74,15 @@ class KeyRateLimiter:
         except ApiError:
             raise
         except Exception as exc:  # noqa: BLE001 - any storage failure: let the request through
-            with self._lock:
-                self._skip_until = time.monotonic() + self.backoff
-            RATE_LIMITER_FAILURES.inc()
-            RATE_LIMITER_OPEN.inc()
-            log.warning("rate limiter unavailable, open for %gs: %s", self.backoff, exc)
+            self._open(exc)
+
+    def _open(self, exc: Exception) -> None:
+        """Redis failed the limiter: let requests through, unchecked, for ``backoff`` seconds."""
+        with self._lock:
+            self._skip_until = time.monotonic() + self.backoff
+        RATE_LIMITER_FAILURES.inc()
+        RATE_LIMITER_OPEN.inc()
+        log.warning("rate limiter unavailable, open for %gs: %s", self.backoff, exc)
 
     def add_hit(self, pipe: Any, principal: Principal) -> Callable[[list[Any]], ApiError | None]:
         """Count the request on ``pipe`` (a pipeline of the same Redis) instead of in a round trip of
@@ -125,11 +129,7 @@ class KeyRateLimiter:
                 raise error
             return script(args[:2], args[2:])
         except Exception as exc:  # noqa: BLE001 - any storage failure: let the request through
-            with self._lock:
-                self._skip_until = time.monotonic() + self.backoff
-            RATE_LIMITER_FAILURES.inc()
-            RATE_LIMITER_OPEN.inc()
-            log.warning("rate limiter unavailable, open for %gs: %s", self.backoff, exc)
+            self._open(exc)
             return True
 
     def _too_many(self, rate: RateLimitItem, key_id: str) -> ApiError:

@@ -320,7 +320,7 @@ def test_long_digit_runs_are_found_as_the_regex_finds_them() -> None:
     import random
     import re
 
-    from registry.batch_input import has_long_digits
+    from inferq.jsonio import has_long_digits
 
     pattern = re.compile(rb"\d{19}")
     rng = random.Random(3)

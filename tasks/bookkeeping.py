@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypedDict
@@ -217,22 +218,33 @@ class TaskBook:
         pipe.rpush(wake, encoded)
         pipe.expire(wake, WAKE_TTL)
 
-    def wait(self, task_id: str, timeout: float, release: str | None = None) -> Outcome | None:
+    def wait(
+        self,
+        task_id: str,
+        timeout: float,
+        release: str | None = None,
+        first: Sequence[Callable[[Any], None]] = (),
+    ) -> Outcome | None:
         """Block up to ``timeout`` seconds for the outcome of ``task_id``; None when it is not done.
 
         ``release``: the tenant whose waiting count this wait held (:meth:`add_open`); it is given
         back in the same round trip as the wait (Redis runs the decrement once the wait ends),
-        and by :meth:`stop_waiting` when Redis cannot be reached."""
-        if timeout <= 0:
+        and by :meth:`stop_waiting` when Redis cannot be reached. ``first``: commands to send
+        before the wait in its round trip (each queues its own on the pipeline: the task's
+        message, where the broker is this Redis)."""
+        if timeout <= 0 and not first:
             if release is not None:
                 self.stop_waiting(release)
             return None
         try:
             with self.blocking.pipeline(transaction=False) as pipe:
-                pipe.blpop([WAKE_KEY.format(task_id)], timeout=timeout)
+                for add in first:
+                    add(pipe)
+                at = len(pipe.command_stack)
+                pipe.blpop([WAKE_KEY.format(task_id)], timeout=max(timeout, 0.001))
                 if release is not None:
                     pipe.decr(WAITING_KEY.format(release))
-                item: Any = pipe.execute()[0]
+                item: Any = pipe.execute()[at]
         except RedisError as exc:
             if release is not None:
                 self.stop_waiting(release)

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from celery import Celery
@@ -29,6 +30,7 @@ from registry.models import pick_version, ready_gpus
 from registry.signatures import CheckedTensor, Problem, check_inference_request
 from tasks import payloads, results
 from tasks.bookkeeping import BookkeepingUnavailable, Outcome, TaskRecord
+from tasks.broker import QueuedMessage, add_push, redis_message
 from tasks.coalesce import Ticket
 from tasks.errors import PipelineError, invalid, unavailable
 from tasks.infer import INFER_TASK
@@ -129,6 +131,7 @@ class Dispatched:
     batch_size: int = 1  # requests that went to the worker in the same message
     ticket: Ticket | None = None  # the coalescer's slot, given back by ``wait``
     key: Hashable = None
+    push: tuple[QueuedMessage, ...] = ()  # its message, pushed by ``wait`` (see ``publish_requests``)
 
 
 # A check the caller makes in the record round trip (the API's rate limit): it queues its commands on
@@ -201,9 +204,19 @@ def infer_message(model: ResolvedModel, outputs: list[str] | None, batch: Sequen
 
 
 def publish_requests(
-    services: Services, app: Celery, model: ResolvedModel, outputs: list[str] | None, batch: Sequence[Pending]
+    services: Services,
+    app: Celery,
+    model: ResolvedModel,
+    outputs: list[str] | None,
+    batch: Sequence[Pending],
+    later: list[QueuedMessage] | None = None,
 ) -> list[BaseException | None]:
     """Record ``batch`` and read the GPUs' loads in one Redis round trip, route, then publish one message.
+
+    Where the broker is the same Redis (``Services.pushes_tasks``) the message is pushed by this
+    process's client; ``later``: the caller waits for ``batch``'s one request right after, and
+    takes the message to push in the wait's round trip (one round trip less). A message of several
+    requests goes out at once: the others wait on it too.
 
     Returns, per request, the error it failed with (what its ``admit`` check said, 429 over its
     tenant's waiting cap, 503 when no GPU can take it, the broker will not, or its large inputs
@@ -273,7 +286,15 @@ def publish_requests(
         where = f"({model.name}:{model.version}, {len(accepted)} request{'s' if len(accepted) > 1 else ''})"
         deadline = datetime.now(UTC) + timedelta(seconds=settings.sync_deadline)
         message["deadline"] = deadline.timestamp()
-        publish(app, INFER_TASK, [message], gpu_queue(gpu), accepted[0].task_id, where, deadline)
+        queue, task_id = gpu_queue(gpu), accepted[0].task_id
+        if not services.pushes_tasks:
+            publish(app, INFER_TASK, [message], queue, task_id, where, deadline)
+        else:
+            queued = redis_message(app, INFER_TASK, [message], queue, task_id, where, deadline)
+            if later is not None and len(batch) == 1 and accepted[0].waiting:
+                later.append(queued)  # pushed in the wait's round trip (see ``wait``)
+            else:
+                push_now(services, queued)
     except (NoRoute, PipelineError) as exc:
         failure = exc if isinstance(exc, PipelineError) else no_gpu(exc)
         for pending in accepted:
@@ -296,6 +317,16 @@ def stash(services: Services, pending: Pending) -> bool:
     return True
 
 
+def push_now(services: Services, queued: QueuedMessage) -> None:
+    """Push a task message to its GPU queue now; a Redis that will not take it is a 503."""
+    try:
+        with services.redis.pipeline(transaction=False) as pipe:
+            add_push(pipe, queued)
+            pipe.execute()
+    except RedisError as exc:
+        raise unavailable("broker", f"the task could not be queued: {exc}") from None
+
+
 def no_gpu(exc: NoRoute) -> PipelineError:
     return PipelineError(
         503, "no-gpu-available", "No GPU can serve this model", str(exc), retry_after=exc.retry_after
@@ -310,32 +341,47 @@ def dispatch(
     tenant: str,
     waiting: bool,
     admit: Admit | None = None,
+    wait_next: bool = False,
 ) -> Dispatched:
     """Record the request and publish it to the least loaded GPU where ``model`` is ready.
 
     Requests for the same model and outputs that arrive while a publish is under way
     go out together in the next message (see ``tasks.coalesce``). ``waiting``: the caller
     will wait for the outcome, which counts against the tenant's cap (429 beyond it).
-    ``admit``: a check made in the record round trip (see :data:`Admit`).
+    ``admit``: a check made in the record round trip (see :data:`Admit`). ``wait_next``: the
+    caller calls :func:`wait` next, whatever happens, which may then push the message.
     """
     pending = prepare(request, tenant, waiting, services.settings.inline_payload_max, admit)
     outputs = request.outputs
+    later: list[QueuedMessage] | None = [] if wait_next and waiting else None
 
     def flush(batch: Sequence[Pending]) -> list[BaseException | None]:
-        return publish_requests(services, app, model, outputs, batch)
+        return publish_requests(services, app, model, outputs, batch, later)
 
     key = (model.id, tuple(outputs or ()))
     ticket = services.coalescer.submit(key, pending, flush, waits=waiting)
-    return Dispatched(pending.task_id, tenant, waiting, ticket.batch_size, ticket, key)
+    push = tuple(later or ())
+    return Dispatched(pending.task_id, tenant, waiting, ticket.batch_size, ticket, key, push)
 
 
 def wait(services: Services, dispatched: Dispatched, timeout: float) -> Outcome | None:
-    """The outcome of a dispatched request if it ends within ``timeout`` seconds, else None (it runs on)."""
+    """The outcome of a dispatched request if it ends within ``timeout`` seconds, else None (it runs on).
+
+    A message left to push (``Dispatched.push``) goes in the same round trip as the wait; when
+    Redis fails that round trip the request is a 503 (it may have gone out: then it runs, and its
+    outcome is kept in its record, which the worker writes whole again)."""
+    release = dispatched.tenant if dispatched.waiting else None
     try:
         return services.tasks.wait(
-            dispatched.task_id, timeout, release=dispatched.tenant if dispatched.waiting else None
+            dispatched.task_id,
+            timeout,
+            release=release,
+            first=[partial(add_push, message=message) for message in dispatched.push],
         )
-    except BookkeepingUnavailable:
+    except BookkeepingUnavailable as exc:
+        if dispatched.push:
+            services.tasks.forget(dispatched.task_id)
+            raise unavailable("broker", f"the task could not be queued: {exc}") from None
         return None  # the task still runs; the caller polls its status
     finally:
         if dispatched.ticket is not None:
@@ -383,11 +429,11 @@ def infer(
     model = resolve_model(services, name, version, reuse=True)
     request = check_request(model, body)
     try:
-        dispatched = dispatch(services, app, model, request, tenant, timeout > 0, admit)
+        dispatched = dispatch(services, app, model, request, tenant, timeout > 0, admit, wait_next=True)
     except StaleModel:  # the registry changed since this process resolved the model: read it again
         model = resolve_model(services, name, version)
         request = check_request(model, body)
-        dispatched = dispatch(services, app, model, request, tenant, timeout > 0)
+        dispatched = dispatch(services, app, model, request, tenant, timeout > 0, wait_next=True)
     if timeout <= 0:
         return InferResult(dispatched.task_id, model)
     outcome = wait(services, dispatched, timeout)

@@ -11,6 +11,7 @@ import threading
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from inferq import tracing
 from inferq.services import Redis, close_quietly, redis_client
 from inferq.settings import Settings
 
@@ -63,6 +64,15 @@ class Services:
         same = self.redis if s.broker_url == s.redis_url else None
         depths = QueueDepths(s.broker_url, same_redis=same)
         return GpuStates(self.redis, depths, BreakerPolicy(s.breaker_threshold, s.breaker_cooldown))
+
+    @cached_property
+    def pushes_tasks(self) -> bool:
+        """Whether sync task messages are pushed to the broker's lists by this process's own Redis
+        client (``tasks.broker.redis_message``): the broker is that same Redis, and tracing is off
+        (its Celery instrumentation sees a publish only through Celery's ``send_task``)."""
+        s = self.settings
+        redis_broker = s.broker_url.split("://", 1)[0] in ("redis", "rediss")
+        return redis_broker and s.broker_url == s.redis_url and not tracing.enabled(s)
 
     @cached_property
     def coalescer(self) -> Coalescer[Any]:

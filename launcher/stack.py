@@ -110,8 +110,7 @@ def api_argv(settings: Settings) -> list[str]:
         str(s.api_keep_alive),
         "--graceful-timeout",
         "10",
-        "--access-logfile",
-        "-",
+        *(["--access-logfile", "-"] if s.api_access_log else []),
         "webapp:serve()",
     ]
 

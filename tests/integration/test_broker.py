@@ -23,3 +23,38 @@ def test_remote_control_replies_reach_every_new_client(stack: Stack) -> None:
         finally:
             app.close()
         assert len(replies) >= workers, replies
+
+
+def test_a_pushed_task_message_is_the_one_celery_would_publish(stack: Stack) -> None:
+    """The API pushes sync task messages itself (``tasks.broker.redis_message``): the same headers,
+    body and envelope as Celery's ``send_task`` through kombu's Redis transport, but for the
+    delivery tag and two properties nothing reads on Redis (the message's TTL and a copy of argsrepr)."""
+    import json
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from tasks import create_celery_app
+    from tasks.broker import add_push, redis_message
+    from tasks.publish import publish
+
+    app = create_celery_app(stack.settings)
+    redis = stack.services.redis
+    queue = f"inferq-test-{uuid.uuid4().hex[:8]}"
+    args = [{"model_id": "m", "requests": [{"task_id": "t1", "inputs": [{"data": [0.5, 1e300, "é"]}]}]}]
+    expires = datetime.now(UTC) + timedelta(seconds=30)
+    try:
+        publish(app, "inferq.infer", args, queue, "t1", "(m:1, 1 request)", expires)
+        queued = redis_message(app, "inferq.infer", args, queue, "t1", "(m:1, 1 request)", expires)
+        with redis.pipeline(transaction=False) as pipe:
+            add_push(pipe, queued)
+            pipe.execute()
+        pushed, published = (json.loads(raw) for raw in redis.lrange(queue, 0, -1))
+    finally:
+        redis.delete(queue)
+        app.close()
+    assert queued.key == queue
+    ours, celerys = pushed.pop("properties"), published.pop("properties")
+    assert pushed == published  # body, content type and encoding, every header
+    assert ours.pop("delivery_tag") != celerys.pop("delivery_tag")
+    assert {key: value for key, value in celerys.items() if key not in ("expiration", "argsrepr")} == ours
+    assert ours["delivery_info"] == {"exchange": "", "routing_key": queue}

@@ -67,6 +67,20 @@ def test_digits_through_the_whole_path_match_onnxruntime(stack: Stack) -> None:
     assert (np.array(labels["data"]) == truth).mean() > 0.9
 
 
+def test_workers_write_no_line_per_task_by_default(stack: Stack) -> None:
+    """INFERQ_LOG_TASKS off (the default): Celery's "Task ... received" and "succeeded in" lines,
+    about 0.3 ms of a worker's main thread each, are not written; its start-up lines are."""
+    logs = [p.log_path for name, p in stack.workers.items() if name.startswith("gpu.") and p.log_path]
+    assert logs and all(" ready." in path.read_text() for path in logs)  # INFO lines are written
+    before = [path.stat().st_size for path in logs]
+    rows, _ = digits_rows(0, 1)
+    for _ in range(4):  # both GPUs get some
+        response = stack.client().post("/v1/models/digits/infer", json=infer_body(rows), headers=stack.auth())
+        assert response.status_code == 200, response.get_data(as_text=True)
+    written = "".join(path.read_bytes()[size:].decode() for path, size in zip(logs, before, strict=True))
+    assert "inferq.infer[" not in written, written
+
+
 def test_large_inputs_travel_by_reference(stack: Stack) -> None:
     import dataclasses
 

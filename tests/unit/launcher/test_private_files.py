@@ -62,6 +62,12 @@ def test_gunicorn_drops_slow_request_heads() -> None:
     assert argv[argv.index("--worker-class") + 1] == "gevent"
 
 
+def test_gunicorn_access_log_only_when_asked() -> None:
+    assert "--access-logfile" not in api_argv(Settings())
+    argv = api_argv(Settings(api_access_log=True))
+    assert argv[argv.index("--access-logfile") + 1] == "-"
+
+
 def test_the_sqlite_registry_and_dev_key_are_private(tmp_path: Path) -> None:
     from tasks.runtime import Services
 

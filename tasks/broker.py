@@ -10,6 +10,12 @@
   remote control (``celery inspect``, Flower, health checks) gains a queue per new client, and
   a reply routed on a second-old table would be lost.
 
+- every message received is recorded as unacknowledged (ack emulation: a worker that dies
+  leaves it there, and it is delivered again) in a MULTI/EXEC round trip before the worker may
+  start it. :class:`QoS` sends that record at once and reads Redis's reply later, before the
+  next record or the message's acknowledgement: the bytes are in Redis's socket before the
+  task starts (also when the worker is then killed), and the task does not wait for the reply.
+
 Otherwise it is kombu's. Celery picks it for ``redis://`` brokers (see ``celeryconfig``);
 other brokers are untouched.
 
@@ -20,6 +26,8 @@ the API to push to a GPU queue with its own client, in a round trip it makes any
 from __future__ import annotations
 
 import base64
+import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,14 +37,102 @@ from typing import Any
 from celery import Celery
 from kombu import serialization
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.json import dumps as kombu_dumps
 
 from celeryconfig import EXCHANGE
 from tasks import codec
 
 BINDINGS_TTL = 1.0  # seconds an exchange's bindings are reused
+log = logging.getLogger(__name__)
+
+
+class QoS(kombu_redis.QoS):
+    """kombu's ack emulation, with the unacknowledged record of a message received sent without
+    waiting for its reply (on a connection of its own); the reply is read before the next record
+    is sent, and before any acknowledgement, rejection or restore (which then find the record)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._record_lock = threading.Lock()
+        self._record_connection: Any = None
+        self._unread = 0  # replies sent for and not read yet
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        delivery = message.delivery_info
+        record = kombu_dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        commands = [
+            ("MULTI",),
+            ("ZADD", self.unacked_index_key, time.time(), delivery_tag),
+            ("HSET", self.unacked_key, delivery_tag, record),
+            ("EXEC",),
+        ]
+        with self._record_lock:
+            self._read_replies()
+            try:
+                connection = self._record_connection
+                if connection is None:
+                    connection = self._record_connection = (
+                        self.channel.client.connection_pool.make_connection()
+                    )
+                connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+                self._unread = len(commands)
+            except Exception:  # noqa: BLE001 - kombu's own round trip below raises what Redis says
+                self._drop_connection()
+                super().append(message, delivery_tag)
+                return
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def _read_replies(self) -> None:
+        """With the lock held: read the replies to the last record sent (a failed one is logged:
+        the message would then not come back if this worker died before acknowledging it)."""
+        if not self._unread:
+            return
+        try:
+            while self._unread:
+                self._unread -= 1
+                self._record_connection.read_response()
+        except Exception as exc:  # noqa: BLE001 - the message runs; only its redelivery is at stake
+            log.error("a received message's unacknowledged record may be missing: %s", exc)
+            self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        connection, self._record_connection, self._unread = self._record_connection, None, 0
+        if connection is not None:
+            connection.disconnect()
+
+    def settle(self) -> None:
+        """Read what Redis answered to the records sent so far."""
+        with self._record_lock:
+            self._read_replies()
+
+    def ack(self, delivery_tag: str) -> None:
+        self.settle()
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        self.settle()
+        super().reject(delivery_tag, requeue=requeue)
+
+    def restore_unacked(self, client: Any = None) -> None:
+        self.settle()
+        super().restore_unacked(client)
+
+    def close(self) -> None:
+        with self._record_lock:
+            self._read_replies()
+            self._drop_connection()
 
 
 class Channel(kombu_redis.Channel):
+    QoS = QoS
+
+    def close(self) -> None:
+        super().close()  # gives back what was received and not acknowledged (read after our records)
+        qos = getattr(self, "_qos", None)
+        if isinstance(qos, QoS):
+            qos.close()
+
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:  # the consumer's own connection (BRPOP): kombu already keeps it
             return super()._create_client(asynchronous=True)

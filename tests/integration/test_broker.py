@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tests.fixtures import Stack
@@ -58,3 +60,47 @@ def test_a_pushed_task_message_is_the_one_celery_would_publish(stack: Stack) -> 
     assert ours.pop("delivery_tag") != celerys.pop("delivery_tag")
     assert {key: value for key, value in celerys.items() if key not in ("expiration", "argsrepr")} == ours
     assert ours["delivery_info"] == {"exchange": "", "routing_key": queue}
+
+
+def test_a_received_message_is_recorded_unacknowledged_until_acknowledged(stack: Stack) -> None:
+    """The worker's transport sends a received message's unacknowledged record without waiting for
+    the reply (``tasks.broker.QoS``): the record is in Redis while the message runs, the
+    acknowledgement removes it, and a channel closed with a message unacknowledged gives it back
+    to its queue (a worker that stops mid-task loses nothing)."""
+    import uuid
+
+    from kombu import Connection, Consumer, Producer, Queue
+
+    from tasks.broker import QoS
+
+    redis = stack.services.redis
+    name = f"inferq-test-{uuid.uuid4().hex[:8]}"
+    queue = Queue(name, routing_key=name)
+    received: list[Any] = []
+    with Connection(stack.settings.broker_url, transport="tasks.broker:Transport") as connection:
+        channel = connection.channel()
+        producer = Producer(channel)
+        for number in range(3):
+            producer.publish({"n": number}, routing_key=name, declare=[queue], serializer="json")
+        consumer = Consumer(channel, [queue], callbacks=[lambda _, message: received.append(message)])
+        consumer.consume()
+        for _ in range(3):
+            connection.drain_events(timeout=5)
+        qos = channel.qos
+        assert isinstance(qos, QoS)
+        tags = [message.delivery_tag for message in received]
+        assert [message.payload["n"] for message in received] == [0, 1, 2]
+        qos.settle()
+        assert all(redis.hexists(qos.unacked_key, tag) for tag in tags)
+        received[0].ack()
+        received[1].reject(requeue=False)
+        assert not redis.hexists(qos.unacked_key, tags[0]) and not redis.hexists(qos.unacked_key, tags[1])
+        assert redis.hexists(qos.unacked_key, tags[2])
+        consumer.cancel()
+        channel.close()  # the third, never acknowledged, goes back to its queue
+    try:
+        assert not redis.hexists(qos.unacked_key, tags[2])
+        back = redis.lrange(name, 0, -1)
+        assert len(back) == 1 and b'"delivery_tag": "' + tags[2].encode() in back[0]
+    finally:
+        redis.delete(name)

@@ -181,11 +181,16 @@ def redis_message(
     lists there, declared by the workers that consume them); a list nobody consumes yet keeps the
     message until a worker does. The API does so in the wait's round trip (``tasks.bookkeeping``).
     """
+    # The time limits of a task registered in this app, as send_task takes them (its registry as it
+    # is: looking it up must not finalize the app).
+    task = app._tasks.get(name)
     headers, properties, body, _ = app.amqp.as_task_v2(
         task_id,
         name,
         args=args,
         expires=expires,
+        time_limit=getattr(task, "time_limit", None),
+        soft_time_limit=getattr(task, "soft_time_limit", None),
         argsrepr=argsrepr,
         kwargsrepr="{}",
         ignore_result=True,

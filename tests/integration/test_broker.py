@@ -35,11 +35,13 @@ def test_a_pushed_task_message_is_the_one_celery_would_publish(stack: Stack) -> 
     import uuid
     from datetime import UTC, datetime, timedelta
 
+    import tasks.infer  # noqa: F401 - registers inferq.infer (and its time limits) with the app
     from tasks import create_celery_app
     from tasks.broker import add_push, redis_message
     from tasks.publish import publish
 
     app = create_celery_app(stack.settings)
+    app.finalize()  # as in the API, whose app knows the task it sends
     redis = stack.services.redis
     queue = f"inferq-test-{uuid.uuid4().hex[:8]}"
     args = [{"model_id": "m", "requests": [{"task_id": "t1", "inputs": [{"data": [0.5, 1e300, "é"]}]}]}]
@@ -57,6 +59,7 @@ def test_a_pushed_task_message_is_the_one_celery_would_publish(stack: Stack) -> 
     assert queued.key == queue
     ours, celerys = pushed.pop("properties"), published.pop("properties")
     assert pushed == published  # body, content type and encoding, every header
+    assert pushed["headers"]["timelimit"] == [90, 60]  # the task's own, as send_task sends them
     assert ours.pop("delivery_tag") != celerys.pop("delivery_tag")
     assert {key: value for key, value in celerys.items() if key not in ("expiration", "argsrepr")} == ours
     assert ours["delivery_info"] == {"exchange": "", "routing_key": queue}

@@ -231,7 +231,8 @@ class TaskBook:
         back in the same round trip as the wait (Redis runs the decrement once the wait ends),
         and by :meth:`stop_waiting` when Redis cannot be reached. ``first``: commands to send
         before the wait in its round trip (each queues its own on the pipeline: the task's
-        message, where the broker is this Redis)."""
+        message, where the broker is this Redis). An error reply to one of those (Redis out of
+        memory, a read-only replica) is raised only when the wait ends."""
         if timeout <= 0 and not first:
             if release is not None:
                 self.stop_waiting(release)

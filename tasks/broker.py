@@ -57,8 +57,12 @@ class QoS(kombu_redis.QoS):
         self._record_lock = threading.Lock()
         self._record_connection: Any = None
         self._unread = 0  # replies sent for and not read yet
+        self._sent: tuple[str, str] | None = None  # the delivery tag and record they answer
 
     def append(self, message: Any, delivery_tag: str) -> None:
+        if self.channel.global_keyprefix:  # keys written raw here would miss kombu's prefix
+            super().append(message, delivery_tag)
+            return
         delivery = message.delivery_info
         record = kombu_dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
         commands = [
@@ -72,11 +76,14 @@ class QoS(kombu_redis.QoS):
             try:
                 connection = self._record_connection
                 if connection is None:
-                    connection = self._record_connection = (
-                        self.channel.client.connection_pool.make_connection()
-                    )
-                connection.send_packed_command(connection.pack_commands(commands), check_health=False)
-                self._unread = len(commands)
+                    # Not from the channel's pools (whose count of connections made never goes
+                    # down): a connection of its own, with the same parameters.
+                    pool = self.channel.pool
+                    connection = self._record_connection = pool.connection_class(**pool.connection_kwargs)
+                # A connection idle past its health-check interval is checked first (a PING): a
+                # server or proxy may have closed it, and a record sent into it would be lost.
+                connection.send_packed_command(connection.pack_commands(commands))
+                self._unread, self._sent = len(commands), (delivery_tag, record)
             except Exception:  # noqa: BLE001 - kombu's own round trip below raises what Redis says
                 self._drop_connection()
                 super().append(message, delivery_tag)
@@ -84,8 +91,11 @@ class QoS(kombu_redis.QoS):
         virtual.QoS.append(self, message, delivery_tag)
 
     def _read_replies(self) -> None:
-        """With the lock held: read the replies to the last record sent (a failed one is logged:
-        the message would then not come back if this worker died before acknowledging it)."""
+        """With the lock held: read the replies to the last record sent. When they cannot be read
+        (the connection broke, Redis stalled past the socket timeout, an error reply) the record is
+        written again in a round trip (ZADD and HSET of the same values: harmless twice), before
+        the message can be acknowledged; if that fails too it is logged: the message runs, and
+        would not come back if this worker died before acknowledging it."""
         if not self._unread:
             return
         try:
@@ -93,8 +103,25 @@ class QoS(kombu_redis.QoS):
                 self._unread -= 1
                 self._record_connection.read_response()
         except Exception as exc:  # noqa: BLE001 - the message runs; only its redelivery is at stake
-            log.error("a received message's unacknowledged record may be missing: %s", exc)
             self._drop_connection()
+            self._record_again(exc)
+
+    def _record_again(self, cause: BaseException) -> None:
+        if self._sent is None:
+            return
+        delivery_tag, record = self._sent
+        try:
+            with self.channel.conn_or_acquire() as client, client.pipeline() as pipe:
+                pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+                pipe.hset(self.unacked_key, delivery_tag, record)
+                pipe.execute()
+        except Exception as exc:  # noqa: BLE001
+            log.error(
+                "message %s: its unacknowledged record may be missing (%s; again: %s)",
+                delivery_tag,
+                cause,
+                exc,
+            )
 
     def _drop_connection(self) -> None:
         connection, self._record_connection, self._unread = self._record_connection, None, 0
@@ -128,10 +155,12 @@ class Channel(kombu_redis.Channel):
     QoS = QoS
 
     def close(self) -> None:
-        super().close()  # gives back what was received and not acknowledged (read after our records)
-        qos = getattr(self, "_qos", None)
-        if isinstance(qos, QoS):
-            qos.close()
+        try:
+            super().close()  # gives back what was received and not acknowledged (after our records)
+        finally:
+            qos = getattr(self, "_qos", None)
+            if isinstance(qos, QoS):
+                qos.close()
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:  # the consumer's own connection (BRPOP): kombu already keeps it

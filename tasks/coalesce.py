@@ -108,7 +108,12 @@ class Coalescer(Generic[T]):
     def _lead(self, key: Hashable, line: _Line[T], me: _Entry[T], flush: Flush[T]) -> Ticket:
         with self._lock:
             batch = line.queue[: self.max_batch]
-            del line.queue[: self.max_batch]
+            if me not in batch:
+                # A newcomer found a slot freed by time while older requests queued past a
+                # message's worth: it goes in this one (the last of them waits for the next).
+                batch[-1] = me
+            for entry in batch:
+                line.queue.remove(entry)
             slot = _Slot(time.monotonic()) if any(entry.waits for entry in batch) else None
             if slot is not None:
                 line.slots.append(slot)

@@ -17,6 +17,7 @@ from celery.signals import (
     after_setup_logger,
     task_postrun,
     task_prerun,
+    task_retry,
     task_revoked,
     worker_init,
     worker_process_init,
@@ -77,6 +78,14 @@ def _task_lines(**_: Any) -> None:
     if not app.inferq_settings.log_tasks:
         for name in TASK_LINE_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@task_retry.connect
+def _log_retry(request: Any = None, reason: Any = None, **_: Any) -> None:
+    """Celery's own "Task ... retry" line is at INFO, in a logger quieted without INFERQ_LOG_TASKS:
+    a task retried (planning, finalizing) says so here, with why."""
+    name = getattr(request, "task", None) or "?"
+    log.warning("task %s[%s] will be retried: %s", name, getattr(request, "id", "?"), reason)
 
 
 @worker_process_init.connect

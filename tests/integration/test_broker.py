@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -58,6 +59,12 @@ def test_a_pushed_task_message_is_the_one_celery_would_publish(stack: Stack) -> 
         app.close()
     assert queued.key == queue
     ours, celerys = pushed.pop("properties"), published.pop("properties")
+    differing = {
+        k: (v, published["headers"].get(k))
+        for k, v in pushed["headers"].items()
+        if published["headers"].get(k) != v
+    }
+    assert not differing, differing
     assert pushed == published  # body, content type and encoding, every header
     assert pushed["headers"]["timelimit"] == [90, 60]  # the task's own, as send_task sends them
     assert ours.pop("delivery_tag") != celerys.pop("delivery_tag")
@@ -105,5 +112,42 @@ def test_a_received_message_is_recorded_unacknowledged_until_acknowledged(stack:
         assert not redis.hexists(qos.unacked_key, tags[2])
         back = redis.lrange(name, 0, -1)
         assert len(back) == 1 and b'"delivery_tag": "' + tags[2].encode() in back[0]
+    finally:
+        redis.delete(name)
+
+
+def test_a_record_whose_reply_cannot_be_read_is_written_again_before_the_ack(stack: Stack) -> None:
+    """The record's connection broke before its reply was read (a server or proxy closing it, a
+    stall past the socket timeout): the record is written again in a round trip of its own before
+    the message can be acknowledged, so a worker dying then still gives the message back."""
+    import uuid
+
+    from kombu import Connection, Consumer, Producer, Queue
+
+    redis = stack.services.redis
+    name = f"inferq-test-{uuid.uuid4().hex[:8]}"
+    queue = Queue(name, routing_key=name)
+    received: list[Any] = []
+    try:
+        with Connection(stack.settings.broker_url, transport="tasks.broker:Transport") as connection:
+            channel = connection.channel()
+            Producer(channel).publish({"n": 1}, routing_key=name, declare=[queue], serializer="json")
+            consumer = Consumer(channel, [queue], callbacks=[lambda _, message: received.append(message)])
+            consumer.consume()
+            connection.drain_events(timeout=5)
+            qos = channel.qos
+            tag = received[0].delivery_tag
+            deadline = time.monotonic() + 5
+            while not redis.hexists(qos.unacked_key, tag):  # the record, sent without waiting, lands
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            redis.hdel(qos.unacked_key, tag)  # as if it had been lost
+            redis.zrem(qos.unacked_index_key, tag)
+            qos._record_connection.disconnect()  # and its reply cannot be read
+            qos.settle()
+            assert redis.hexists(qos.unacked_key, tag) and redis.zscore(qos.unacked_index_key, tag)
+            received[0].ack()
+            assert not redis.hexists(qos.unacked_key, tag)
+            consumer.cancel()
     finally:
         redis.delete(name)

@@ -346,3 +346,38 @@ def test_inputs_the_worker_cannot_read_are_retried_then_a_clean_503(stack: Stack
     from tasks import payloads
 
     assert stack.services.store.delete_older_than(payloads.PREFIX, timedelta(0)) >= 1
+
+
+def test_a_wait_whose_round_trip_fails_with_the_message_in_it_is_a_503(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone waiting request's message is pushed in the wait's round trip: when Redis fails that
+    round trip the message may not have gone, so the answer is a clean 503 (not a 202 for a task
+    that may never run), the record is forgotten and the tenant's waiting count given back."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from inferq.services import redis_client
+    from tasks.bookkeeping import WAITING_KEY
+
+    services = stack.app.extensions["inferq"]
+    assert services.pushes_tasks  # the broker is the cache's Redis here
+    book = services.tasks
+    dead = redis_client("redis://127.0.0.1:1/0", 0.5, retry=Retry(NoBackoff(), 0))
+    monkeypatch.setattr(book, "blocking", dead)
+    waiting = WAITING_KEY.format("acme")
+    before = int(stack.services.redis.get(waiting) or 0)
+    records = sum(1 for _ in stack.services.redis.scan_iter("inferq:task:*", count=1000))
+    queues = {queue: stack.services.redis.llen(queue) for queue in ("gpu.0", "gpu.1")}
+    rows, _ = digits_rows(0, 1)
+    response = stack.client().post("/v1/models/digits/infer", json=infer_body(rows), headers=stack.auth())
+    assert response.status_code == 503 and response.mimetype == "application/problem+json"
+    problem = response.get_json()
+    assert problem["type"].endswith("broker-unavailable") and response.headers["Retry-After"]
+    assert "could not be queued" in problem["detail"]
+    assert int(stack.services.redis.get(waiting) or 0) == before
+    assert sum(1 for _ in stack.services.redis.scan_iter("inferq:task:*", count=1000)) == records
+    assert {queue: stack.services.redis.llen(queue) for queue in queues} == queues  # nothing went out
+    monkeypatch.undo()
+    again = stack.client().post("/v1/models/digits/infer", json=infer_body(rows), headers=stack.auth())
+    assert again.status_code == 200, again.get_data(as_text=True)

@@ -111,3 +111,25 @@ def test_a_flush_that_raises_fails_its_batch_and_gives_its_slot_back() -> None:
     started = time.monotonic()
     assert coalescer.submit("m", 2, Recorder()).batch_size == 1
     assert time.monotonic() - started < 1, "the failed publish holds no slot"
+
+
+def test_a_newcomer_that_leads_while_older_requests_queue_goes_out_itself() -> None:
+    """A slot freed by its timeout lets the next request to arrive lead at once; with more than a
+    message's worth of older requests queued it must still publish itself (it returned a ticket for
+    a message it was not in, and the line stayed led for good)."""
+    coalescer: Coalescer[int] = Coalescer(max_batch=2, max_inflight=1, slot_timeout=30)
+    flush = Recorder()
+    coalescer.submit("m", 0, flush)  # holds the only slot, never answered
+    threads, tickets = submit_in_threads(coalescer, range(1, 3), flush)
+    wait_queued(coalescer, 2)
+    line = coalescer._lines["m"]
+    line.slots[0].taken_at -= 60  # the slot times out (the queued poll only every 7.5 s)
+    newcomer = coalescer.submit("m", 3, flush)
+    assert 3 in flush.batches[1] and len(flush.batches[1]) == 2 and newcomer.batch_size == 2
+    coalescer.done("m", newcomer)  # its message answered: the one left queued goes next
+    for thread in threads:
+        thread.join(5)
+    assert sorted(item for batch in flush.batches for item in batch) == [0, 1, 2, 3]  # each once
+    for item in (1, 2):
+        coalescer.done("m", tickets[item])
+    assert not line.leading and not line.queue

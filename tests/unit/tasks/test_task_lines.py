@@ -25,3 +25,16 @@ def test_task_lines_follow_the_setting(monkeypatch: pytest.MonkeyPatch, log_task
     finally:
         for logger, old in zip(loggers, saved, strict=True):
             logger.setLevel(old)
+
+
+def test_a_retry_is_logged_as_a_warning_whatever_the_task_lines(caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from tasks.signals import _log_retry
+
+    with caplog.at_level(logging.WARNING, logger="tasks.signals"):
+        _log_retry(request=SimpleNamespace(task="inferq.batch.plan", id="abc"), reason=OSError("db down"))
+    assert any(
+        r.levelno == logging.WARNING and "inferq.batch.plan[abc] will be retried: db down" in r.getMessage()
+        for r in caplog.records
+    )

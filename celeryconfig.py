@@ -8,7 +8,6 @@ is read in one place only.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from kombu import Exchange, Queue
 
@@ -41,7 +40,7 @@ def batch_time_limits(settings: Settings) -> dict[str, dict[str, int]]:
 
 def celery_settings(settings: Settings) -> dict[str, Any]:
     """The Celery configuration for ``settings``."""
-    redis_broker = urlsplit(settings.broker_url).scheme in ("redis", "rediss")
+    redis_broker = settings.redis_broker
     queue_type = "classic" if redis_broker else settings.broker_queue_type
     if queue_type not in ("quorum", "classic"):
         raise ValueError(f"INFERQ_BROKER_QUEUE_TYPE={queue_type!r}: expected quorum or classic")

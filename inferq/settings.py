@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,6 +174,11 @@ class Settings:
             values["triton_urls"] = {gpu: values["triton_urls"] for gpu in gpus}
         values.update(overrides)
         return cls(**values)
+
+    @property
+    def redis_broker(self) -> bool:
+        """Whether the broker is a Redis (served by inferq's kombu transport, ``tasks.broker``)."""
+        return urlsplit(self.broker_url).scheme in ("redis", "rediss")
 
     @property
     def queues(self) -> list[str]:

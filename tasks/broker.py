@@ -56,8 +56,8 @@ class QoS(kombu_redis.QoS):
         super().__init__(*args, **kwargs)
         self._record_lock = threading.Lock()
         self._record_connection: Any = None
-        self._unread = 0  # replies sent for and not read yet
-        self._sent: tuple[str, str] | None = None  # the delivery tag and record they answer
+        # The record sent whose replies are not read yet: its tag and commands (ZADD, HSET).
+        self._unread: tuple[str, list[tuple[Any, ...]]] | None = None
 
     def append(self, message: Any, delivery_tag: str) -> None:
         if self.channel.global_keyprefix:  # keys written raw here would miss kombu's prefix
@@ -65,11 +65,9 @@ class QoS(kombu_redis.QoS):
             return
         delivery = message.delivery_info
         record = kombu_dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
-        commands = [
-            ("MULTI",),
+        writes: list[tuple[Any, ...]] = [
             ("ZADD", self.unacked_index_key, time.time(), delivery_tag),
             ("HSET", self.unacked_key, delivery_tag, record),
-            ("EXEC",),
         ]
         with self._record_lock:
             self._read_replies()
@@ -82,8 +80,8 @@ class QoS(kombu_redis.QoS):
                     connection = self._record_connection = pool.connection_class(**pool.connection_kwargs)
                 # A connection idle past its health-check interval is checked first (a PING): a
                 # server or proxy may have closed it, and a record sent into it would be lost.
-                connection.send_packed_command(connection.pack_commands(commands))
-                self._unread, self._sent = len(commands), (delivery_tag, record)
+                connection.send_packed_command(connection.pack_commands([("MULTI",), *writes, ("EXEC",)]))
+                self._unread = (delivery_tag, writes)
             except Exception:  # noqa: BLE001 - kombu's own round trip below raises what Redis says
                 self._drop_connection()
                 super().append(message, delivery_tag)
@@ -96,24 +94,21 @@ class QoS(kombu_redis.QoS):
         written again in a round trip (ZADD and HSET of the same values: harmless twice), before
         the message can be acknowledged; if that fails too it is logged: the message runs, and
         would not come back if this worker died before acknowledging it."""
-        if not self._unread:
+        unread, self._unread = self._unread, None
+        if unread is None:
             return
         try:
-            while self._unread:
-                self._unread -= 1
+            for _ in range(len(unread[1]) + 2):  # MULTI, each write queued, EXEC
                 self._record_connection.read_response()
         except Exception as exc:  # noqa: BLE001 - the message runs; only its redelivery is at stake
             self._drop_connection()
-            self._record_again(exc)
+            self._record_again(*unread, exc)
 
-    def _record_again(self, cause: BaseException) -> None:
-        if self._sent is None:
-            return
-        delivery_tag, record = self._sent
+    def _record_again(self, delivery_tag: str, writes: list[tuple[Any, ...]], cause: BaseException) -> None:
         try:
             with self.channel.conn_or_acquire() as client, client.pipeline() as pipe:
-                pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
-                pipe.hset(self.unacked_key, delivery_tag, record)
+                for command in writes:
+                    pipe.execute_command(*command)
                 pipe.execute()
         except Exception as exc:  # noqa: BLE001
             log.error(
@@ -124,7 +119,7 @@ class QoS(kombu_redis.QoS):
             )
 
     def _drop_connection(self) -> None:
-        connection, self._record_connection, self._unread = self._record_connection, None, 0
+        connection, self._record_connection, self._unread = self._record_connection, None, None
         if connection is not None:
             connection.disconnect()
 

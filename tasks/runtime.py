@@ -71,8 +71,7 @@ class Services:
         client (``tasks.broker.redis_message``): the broker is that same Redis, and tracing is off
         (its Celery instrumentation sees a publish only through Celery's ``send_task``)."""
         s = self.settings
-        redis_broker = s.broker_url.split("://", 1)[0] in ("redis", "rediss")
-        return redis_broker and s.broker_url == s.redis_url and not tracing.enabled(s)
+        return s.redis_broker and s.broker_url == s.redis_url and not tracing.enabled(s)
 
     @cached_property
     def coalescer(self) -> Coalescer[Any]:
